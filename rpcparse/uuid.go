@@ -1,0 +1,117 @@
+package rpcparse
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+)
+
+// UUID is a DCE UUID in its canonical (RFC 4122, big-endian string) byte
+// order, whatever order the PDU carried it in. Comparable and allocation-free.
+type UUID [16]byte
+
+// ErrBadUUID reports text that is not of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx.
+var ErrBadUUID = errors.New("rpcparse: malformed UUID text")
+
+// String formats u as 8-4-4-4-12 lower-case hex.
+func (u UUID) String() string {
+	var b [36]byte
+	u.appendTo(b[:0])
+	return string(b[:])
+}
+
+// AppendText appends the canonical text form of u to dst.
+func (u UUID) AppendText(dst []byte) ([]byte, error) { return u.appendTo(dst), nil }
+
+// MarshalText implements encoding.TextMarshaler.
+func (u UUID) MarshalText() ([]byte, error) { return u.appendTo(make([]byte, 0, 36)), nil }
+
+func (u UUID) appendTo(dst []byte) []byte {
+	const digits = "0123456789abcdef"
+	for i, c := range u {
+		switch i {
+		case 4, 6, 8, 10:
+			dst = append(dst, '-')
+		}
+		dst = append(dst, digits[c>>4], digits[c&0xf])
+	}
+	return dst
+}
+
+// IsZero reports whether u is the nil UUID.
+func (u UUID) IsZero() bool { return u == UUID{} }
+
+// ParseUUID parses the canonical text form, case-insensitively, with or
+// without surrounding braces.
+func ParseUUID(s string) (UUID, error) {
+	var u UUID
+	if len(s) == 38 && s[0] == '{' && s[37] == '}' {
+		s = s[1:37]
+	}
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return u, fmt.Errorf("%w: %q", ErrBadUUID, s)
+	}
+	j := 0
+	for i := 0; i < 36; {
+		if s[i] == '-' {
+			i++
+			continue
+		}
+		if _, err := hex.Decode(u[j:j+1], []byte(s[i:i+2])); err != nil {
+			return UUID{}, fmt.Errorf("%w: %q", ErrBadUUID, s)
+		}
+		i += 2
+		j++
+	}
+	return u, nil
+}
+
+// MustUUID is ParseUUID for compile-time constants; it panics on bad text.
+func MustUUID(s string) UUID {
+	u, err := ParseUUID(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+// UUIDFromWire reads a UUID whose first three fields (time_low, time_mid,
+// time_hi_and_version) are encoded in the given integer order, as C706
+// specifies for NDR; the last eight bytes are a byte array in either order.
+// b must hold at least 16 bytes.
+func UUIDFromWire(b []byte, bigEndian bool) UUID {
+	var u UUID
+	_ = b[15]
+	if bigEndian {
+		copy(u[:], b[:16])
+		return u
+	}
+	u[0], u[1], u[2], u[3] = b[3], b[2], b[1], b[0]
+	u[4], u[5] = b[5], b[4]
+	u[6], u[7] = b[7], b[6]
+	copy(u[8:], b[8:16])
+	return u
+}
+
+// PutWire writes u into b (16 bytes) in the given integer order; the inverse
+// of UUIDFromWire.
+func (u UUID) PutWire(b []byte, bigEndian bool) {
+	_ = b[15]
+	if bigEndian {
+		copy(b, u[:])
+		return
+	}
+	b[0], b[1], b[2], b[3] = u[3], u[2], u[1], u[0]
+	b[4], b[5] = u[5], u[4]
+	b[6], b[7] = u[7], u[6]
+	copy(b[8:16], u[8:])
+}
+
+// order returns the integer byte order selected by a data representation.
+func order(bigEndian bool) binary.ByteOrder {
+	if bigEndian {
+		return binary.BigEndian
+	}
+	return binary.LittleEndian
+}
