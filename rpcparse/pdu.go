@@ -16,11 +16,6 @@ func readSyntax(b []byte, big bool) SyntaxID {
 	return SyntaxID{UUID: UUIDFromWire(b, big), Major: uint16(v), Minor: uint16(v >> 16)}
 }
 
-func putSyntax(b []byte, s SyntaxID, big bool) {
-	s.UUID.PutWire(b, big)
-	order(big).PutUint32(b[16:20], uint32(s.Major)|uint32(s.Minor)<<16)
-}
-
 // AuthVerifier is the sec_trailer and credentials that close a PDU when
 // auth_length is non-zero (C706 13.2.6.1, MS-RPCE 2.2.2.11).
 type AuthVerifier struct {

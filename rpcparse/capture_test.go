@@ -1,0 +1,62 @@
+package rpcparse
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// sharedKMS is where CI and developers have the real captures.
+const sharedKMS = "../../shared/testdata/kms"
+
+// readHexPDUs returns the PDUs of a .hex capture file, one per line.
+func readHexPDUs(t testing.TB, path string) [][]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out [][]byte
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		b, err := hex.DecodeString(line)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+func captureFiles(t testing.TB) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(sharedKMS, "*.hex"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no captures under %s: %v", sharedKMS, err)
+	}
+	return files
+}
+
+func TestCapturesParseAndReencode(t *testing.T) {
+	for _, file := range captureFiles(t) {
+		for i, frag := range readHexPDUs(t, file) {
+			var p PDU
+			if err := p.Parse(frag, 5840); err != nil {
+				t.Fatalf("%s PDU %d: %v", filepath.Base(file), i, err)
+			}
+			if got := AppendPDU(nil, &p); !bytes.Equal(got, frag) {
+				t.Fatalf("%s PDU %d: re-encode differs\n got %x\nwant %x", filepath.Base(file), i, got, frag)
+			}
+		}
+	}
+}
