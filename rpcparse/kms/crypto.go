@@ -121,9 +121,8 @@ const maxHMACMsg = 16 + 44 + maxEPIDBytes + 16 + 32 + 8 + 16
 // messages up to the size of a real V6 response.
 func V6ResponseHMAC(key [16]byte, msg []byte) [16]byte {
 	if len(msg) > maxHMACMsg {
-		m := hmac.New(sha256.New, key[:])
-		m.Write(msg)
-		return [16]byte(m.Sum(nil)[16:32])
+		// A copy, so that msg itself never escapes through hash.Hash.
+		return hmacLong(key, append([]byte(nil), msg...))
 	}
 	// HMAC spelled out over fixed buffers so that sha256.Sum256 keeps
 	// everything on the stack.
@@ -142,4 +141,11 @@ func V6ResponseHMAC(key [16]byte, msg []byte) [16]byte {
 	copy(out[64:], inner[:])
 	sum := sha256.Sum256(out[:])
 	return [16]byte(sum[16:32])
+}
+
+// hmacLong handles inputs longer than any V6 response; it allocates.
+func hmacLong(key [16]byte, msg []byte) [16]byte {
+	m := hmac.New(sha256.New, key[:])
+	m.Write(msg)
+	return [16]byte(m.Sum(nil)[16:32])
 }

@@ -105,7 +105,13 @@ func DecodeResponse(blob []byte, req *Request, r *Response) error {
 	// V5/V6: decrypt IV ‖ ciphertext with a zero IV, so that block 0 is
 	// D_K(IV), which the V6 HMAC covers, and the rest is the plaintext.
 	ct := len(blob) - 4
-	if ct < 32 || ct%16 != 0 || ct-16 > maxResponseCipher {
+	extra := responseV5Extra
+	if major == 6 {
+		extra = responseV6Extra
+	}
+	// IV block, then at least a base with a one-unit ePID, the trailer and a pad.
+	minCipher := 16 + (ResponseFixedLen+2+extra+16)&^15
+	if ct < minCipher || ct%16 != 0 || ct-16 > maxResponseCipher {
 		return derr("response", len(blob), ErrSize)
 	}
 	r.IV = [16]byte(blob[4:20])
@@ -124,10 +130,6 @@ func DecodeResponse(blob []byte, req *Request, r *Response) error {
 		}
 	}
 	plain = plain[:len(plain)-n]
-	extra := responseV5Extra
-	if major == 6 {
-		extra = responseV6Extra
-	}
 	if len(plain) < ResponseFixedLen+extra {
 		return derr("response", len(blob), ErrSize)
 	}
