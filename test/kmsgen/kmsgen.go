@@ -183,17 +183,21 @@ func NewResponse(req *kms.Request) kms.Response {
 }
 
 // PutResponseBase appends r's base (44 + ePID bytes) to dst. The ePID is
-// written up to EPIDLen units plus a NUL.
+// written as EPIDLen units plus a NUL, or without one when it fills all 64
+// units (the decoder accepts both).
 func PutResponseBase(dst []byte, r *kms.Response) []byte {
 	le := binary.LittleEndian
-	n := min(max(r.EPIDLen, 0), kms.EPIDMaxUnits-1)
+	n := min(max(r.EPIDLen, 0), kms.EPIDMaxUnits)
+	units := min(n+1, kms.EPIDMaxUnits)
 	dst = le.AppendUint16(dst, r.MinorVersion)
 	dst = le.AppendUint16(dst, r.MajorVersion)
-	dst = le.AppendUint32(dst, uint32(2*(n+1)))
+	dst = le.AppendUint32(dst, uint32(2*units))
 	for _, u := range r.EPIDUTF16[:n] {
 		dst = le.AppendUint16(dst, u)
 	}
-	dst = append(dst, 0, 0)
+	if units > n {
+		dst = append(dst, 0, 0)
+	}
 	var g [16]byte
 	r.CMID.PutWire(g[:], false)
 	dst = append(dst, g[:]...)
