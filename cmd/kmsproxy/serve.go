@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/proxy"
+)
+
+func init() {
+	subcommands = append(subcommands, newServeCommand, newCheckCommand)
+}
+
+// configPath resolves --config, falling back to KMSPROXY_CONFIG.
+func configPath(flag string) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if p := os.Getenv("KMSPROXY_CONFIG"); p != "" {
+		return p, nil
+	}
+	return "", errors.New("no config: pass --config FILE or set KMSPROXY_CONFIG")
+}
+
+func newServeCommand() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the proxy",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := configPath(path)
+			if err != nil {
+				return err
+			}
+			return serve(p)
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "config file (env KMSPROXY_CONFIG)")
+	return cmd
+}
+
+func serve(path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		// Fail closed: an invalid config never starts a proxy.
+		return &exitError{code: 1, err: err}
+	}
+	rt, err := proxy.NewRuntime(cfg)
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	metrics := proxy.NewMetrics()
+	log, err := proxy.NewLogger(cfg.Log.Level, cfg.Log.Format, os.Stdout)
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	defer log.Sync()
+	srv := proxy.New(rt, log, metrics)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	mgmt := proxy.NewManagement(srv, cfg.Management.ReadyInterval)
+	mln, err := net.Listen("tcp", cfg.Management.Listen)
+	if err != nil {
+		return fmt.Errorf("management listener %s: %w", cfg.Management.Listen, err)
+	}
+	hs := &http.Server{Handler: mgmt.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(mln)
+	defer hs.Close()
+	go mgmt.CheckUpstreams(ctx)
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	mgmt.SetListening(true)
+	log.Info("kmsproxy listening", zap.String("kmsproxy.listen", ln.Addr().String()),
+		zap.String("kmsproxy.management", mln.Addr().String()), zap.String("service.version", version),
+		zap.String("file.path", path))
+
+	// Reload on SIGHUP and on file change; a bad file keeps the old policy.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	changed := make(chan struct{}, 1)
+	go config.Watch(ctx, path, func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	})
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			case <-changed:
+			}
+			srv.Reload(path)
+		}
+	}()
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	grace := srv.Runtime().Config.Limits.ShutdownGrace
+	log.Info("shutting down", zap.Duration("kmsproxy.shutdown_grace", grace), zap.Int("kmsproxy.connections_active", srv.ActiveConnections()))
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	srv.Shutdown(sctx)
+	return nil
+}
+
+func newCheckCommand() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Validate a config and print the effective policy",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := configPath(path)
+			if err != nil {
+				return err
+			}
+			cfg, err := config.Load(p)
+			if err != nil {
+				var ve *config.ValidationError
+				if errors.As(err, &ve) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %d problem(s)\n", p, len(ve.Problems))
+					for _, pr := range ve.Problems {
+						fmt.Fprintf(cmd.ErrOrStderr(), "  %s: %s\n", pr.Path, pr.Message)
+					}
+					return &exitError{code: 1, err: fmt.Errorf("%s is invalid", p)}
+				}
+				return &exitError{code: 1, err: err}
+			}
+			if _, err := proxy.NewRuntime(cfg); err != nil {
+				return &exitError{code: 1, err: err}
+			}
+			cfg.WriteEffective(cmd.OutOrStdout())
+			fmt.Fprintf(cmd.OutOrStdout(), "\n%s: OK\n", p)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "config file (env KMSPROXY_CONFIG)")
+	return cmd
+}

@@ -1,0 +1,136 @@
+package proxy
+
+import (
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
+	"net/netip"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Event actions (DESIGN Events). They are the event.action values SIEM
+// searches key on; never rename one.
+const (
+	ActionConnectionAccepted  = "connection-accepted"
+	ActionConnectionRefused   = "connection-refused"
+	ActionBindAllowed         = "bind-allowed"
+	ActionBindRefused         = "bind-refused"
+	ActionRequestRefused      = "request-refused"
+	ActionKMSActivation       = "kms-activation"
+	ActionProtocolViolation   = "protocol-violation"
+	ActionUpstreamUnavailable = "upstream-unavailable"
+	ActionConnectionClosed    = "connection-closed"
+	ActionConfigReloaded      = "config-reloaded"
+	ActionConfigReloadFailed  = "config-reload-failed"
+	ActionShadowDecision      = "shadow-decision"
+	ActionKMSDuplicateCMID    = "kms-duplicate-cmid"
+	ActionKMSClockSkew        = "kms-clock-skew"
+	ActionRateLimited         = "rate-limited"
+)
+
+// Reasons the proxy itself produces (acl and rpcparse have their own).
+const (
+	ReasonConnectionLimit       = "connection-limit"
+	ReasonSourceConnectionLimit = "source-connection-limit"
+	ReasonFirstPDUNotBind       = "first-pdu-not-bind"
+	ReasonSecondBind            = "second-bind"
+	ReasonWrongDirection        = "ptype-not-allowed-from-client"
+	ReasonHostWrongDirection    = "ptype-not-allowed-from-host"
+	ReasonContextNotLive        = "context-not-bound"
+	ReasonObjectUUID            = "object-uuid"
+	ReasonFragmentMismatch      = "fragment-mismatch"
+	ReasonCallInterleaved       = "call-interleaved"
+	ReasonCallTooLarge          = "call-too-large"
+	ReasonFirstFragMissing      = "first-fragment-missing"
+	ReasonUnexpectedResponse    = "unexpected-response"
+	ReasonResultCount           = "result-count-mismatch"
+	ReasonBindPending           = "bind-pending"
+	ReasonAuthChanged           = "auth-changed"
+	ReasonHandshakeTimeout      = "handshake-timeout"
+	ReasonIdleTimeout           = "idle-timeout"
+	ReasonUpstreamUnreachable   = "upstream-unreachable"
+	ReasonRateLimited           = "activation-rate-limit"
+	ReasonShutdown              = "shutdown"
+	ReasonProxyHeader           = "proxy-header"
+	ReasonFDBudget              = "fd-budget"
+)
+
+// ecsEncoderConfig names the fixed keys the way Elastic Common Schema does.
+func ecsEncoderConfig() zapcore.EncoderConfig {
+	return zapcore.EncoderConfig{
+		TimeKey:        "@timestamp",
+		LevelKey:       "log.level",
+		MessageKey:     "message",
+		NameKey:        "log.logger",
+		CallerKey:      "",
+		StacktraceKey:  "",
+		LineEnding:     zapcore.DefaultLineEnding,
+		EncodeLevel:    zapcore.LowercaseLevelEncoder,
+		EncodeTime:     zapcore.ISO8601TimeEncoder,
+		EncodeDuration: zapcore.NanosDurationEncoder, // ECS event.duration is in nanoseconds
+	}
+}
+
+// eventTypes are the ECS event.type values for each action.
+var eventTypes = map[string][]string{
+	ActionConnectionAccepted:  {"connection", "start", "allowed"},
+	ActionConnectionRefused:   {"connection", "denied"},
+	ActionBindAllowed:         {"protocol", "allowed"},
+	ActionBindRefused:         {"protocol", "denied"},
+	ActionRequestRefused:      {"protocol", "denied"},
+	ActionKMSActivation:       {"protocol", "info"},
+	ActionProtocolViolation:   {"protocol", "denied"},
+	ActionUpstreamUnavailable: {"connection", "error"},
+	ActionConnectionClosed:    {"connection", "end"},
+	ActionConfigReloaded:      {"change"},
+	ActionConfigReloadFailed:  {"change", "error"},
+	ActionShadowDecision:      {"info"},
+	ActionKMSDuplicateCMID:    {"indicator", "info"},
+	ActionKMSClockSkew:        {"indicator", "info"},
+	ActionRateLimited:         {"protocol", "denied"},
+}
+
+var eventCategory = zap.Strings("event.category", []string{"network"})
+
+// eventFields returns the fields every event carries besides the
+// connection's own.
+func eventFields(action, outcome, reason string) []zap.Field {
+	kind := "event"
+	if action == ActionKMSDuplicateCMID || action == ActionKMSClockSkew {
+		kind = "alert"
+	}
+	f := make([]zap.Field, 0, 12)
+	f = append(f,
+		zap.String("event.kind", kind),
+		eventCategory,
+		zap.Strings("event.type", eventTypes[action]),
+		zap.String("event.action", action),
+		zap.String("event.outcome", outcome),
+	)
+	if reason != "" {
+		f = append(f, zap.String("event.reason", reason))
+	}
+	return f
+}
+
+// CommunityID computes the Community ID flow hash v1 (seed 0) for a TCP
+// flow, so events join with Suricata and Zeek records of the same flow.
+func CommunityID(src, dst netip.AddrPort) string {
+	const protoTCP = 6
+	a, b := src, dst
+	// Order the endpoints so both directions hash alike.
+	if c := a.Addr().Unmap().Compare(b.Addr().Unmap()); c > 0 || (c == 0 && a.Port() > b.Port()) {
+		a, b = b, a
+	}
+	buf := make([]byte, 0, 2+16+16+2+4)
+	buf = append(buf, 0, 0) // seed
+	buf = append(buf, a.Addr().Unmap().AsSlice()...)
+	buf = append(buf, b.Addr().Unmap().AsSlice()...)
+	buf = append(buf, protoTCP, 0)
+	buf = binary.BigEndian.AppendUint16(buf, a.Port())
+	buf = binary.BigEndian.AppendUint16(buf, b.Port())
+	sum := sha1.Sum(buf)
+	return "1:" + base64.StdEncoding.EncodeToString(sum[:])
+}

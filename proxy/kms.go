@@ -1,0 +1,286 @@
+package proxy
+
+import (
+	"container/list"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/rpcparse"
+	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
+)
+
+// kmsCall is what the proxy remembers of one activation call until the
+// host's reply arrives, so one kms-activation event carries both halves.
+type kmsCall struct {
+	req       kms.Request
+	decodeErr error
+	rule      string
+	start     time.Time
+}
+
+// isKMSActivation reports whether a call on ctx with opnum is
+// RequestActivation on the KMS interface.
+func isKMSActivation(ctx liveContext, opnum uint16) bool {
+	return ctx.iface.UUID == rpcparse.KMSInterfaceUUID && opnum == 0
+}
+
+// inspectCall runs payload checks on a complete call before it is
+// forwarded: KMS activation requests are decoded and policed against the
+// allowing rule's kms: block and the per-source activation rate.
+func (s *session) inspectCall(rt *Runtime, p *rpcparse.PDU, c *call, stub []byte) bool {
+	if !isKMSActivation(s.asm.ctx, c.opnum) {
+		return true
+	}
+	lim := rt.Config.Limits
+	if !s.srv.rate.allow(s.src.Addr(), lim.ActivationsPerMinutePerSource, time.Now()) {
+		d := acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonRateLimited}
+		s.refusalEvent(ActionRateLimited, d, p, requestFields(s, p)...)
+		s.setReason(ReasonRateLimited)
+		if s.onDenyReject() {
+			s.writeClient(rpcparse.AppendFault(nil, p.DataRep, p.CallID, p.Request.ContextID, rpcparse.StatusServerTooBusy, true))
+		}
+		return false
+	}
+	kc := &kmsCall{rule: s.asm.rule.Rule, start: time.Now()}
+	facts := acl.KMSFacts{}
+	blob, err := kms.ParseRequestStub(stub, c.ndr64)
+	if err == nil {
+		err = kms.DecodeRequest(blob, &kc.req)
+	}
+	if err != nil {
+		kc.decodeErr = err
+		facts.Malformed = true
+		facts.Version = kc.req.MajorVersion
+	} else {
+		facts.Version = kc.req.MajorVersion
+		facts.Application = kc.req.ApplicationID
+	}
+	d := rt.Policy.DecideKMS(s.asm.rule.RuleIndex, facts)
+	s.shadowKMS(rt, p, facts, d)
+	if d.Verdict != acl.Allow {
+		extra := kmsRequestFields(kc)
+		s.refuseRequest(rt, p, d, extra...)
+		s.srv.metrics.KMSActivations.WithLabelValues(applicationLabel(kc), versionLabel(kc), "refused").Inc()
+		return false
+	}
+	if err == nil {
+		s.srv.watch.observe(s, rt, kc)
+	}
+	c.kms = kc
+	return true
+}
+
+// finishKMSCall emits the kms-activation event for a call, merging the
+// host's reply when there is one (p nil: the connection ended first).
+func (s *session) finishKMSCall(c *call, p *rpcparse.PDU, stub []byte) {
+	kc := c.kms
+	f := eventFields(ActionKMSActivation, "unknown", "")
+	f = append(f, zap.String("rule.name", kc.rule), zap.Uint32("dcerpc.call_id", c.id),
+		zap.Uint16("dcerpc.opnum", c.opnum), zap.Uint16("dcerpc.context_id", c.ctxID),
+		zap.String("dcerpc.interface.name", "kms"), zap.String("dcerpc.interface.uuid", rpcparse.KMSInterfaceUUID.String()))
+	f = append(f, kmsRequestFields(kc)...)
+	result := "no-reply"
+	switch {
+	case p == nil:
+	case p.Type == rpcparse.PTypeFault:
+		result = "fault"
+		f = append(f, zap.String("kms.status", "0x"+strconv.FormatUint(uint64(p.Fault.Status), 16)))
+	default:
+		rf, hr, ok := s.decodeKMSResponse(c, kc, stub)
+		f = append(f, rf...)
+		switch {
+		case !ok:
+			result = "malformed-reply"
+		case hr == 0:
+			result = "success"
+		default:
+			result = "refused-by-host"
+		}
+	}
+	outcome := "failure"
+	if result == "success" {
+		outcome = "success"
+	}
+	f[4] = zap.String("event.outcome", outcome)
+	f = append(f, zap.String("kmsproxy.kms_result", result))
+	s.log.Info(ActionKMSActivation, f...)
+	s.srv.metrics.KMSActivations.WithLabelValues(applicationLabel(kc), versionLabel(kc), result).Inc()
+}
+
+func (s *session) decodeKMSResponse(c *call, kc *kmsCall, stub []byte) ([]zap.Field, uint32, bool) {
+	blob, hr, err := kms.ParseResponseStub(stub, c.ndr64)
+	if err != nil {
+		return []zap.Field{zap.String("kmsproxy.kms_reply_error", err.Error())}, 0, false
+	}
+	f := []zap.Field{zap.String("kms.status", hresultText(hr))}
+	if hr != 0 || kc.decodeErr != nil {
+		return f, hr, true
+	}
+	return append(f, kmsResponseFields(blob, &kc.req)...), hr, true
+}
+
+func hresultText(hr uint32) string {
+	t := "0x" + leftPad(strconv.FormatUint(uint64(hr), 16), 8)
+	if n := kms.HRESULTName(hr); n != "" {
+		t += " " + n
+	}
+	return t
+}
+
+func leftPad(s string, n int) string {
+	for len(s) < n {
+		s = "0" + s
+	}
+	return s
+}
+
+func applicationLabel(kc *kmsCall) string {
+	if kc.decodeErr != nil {
+		return "malformed"
+	}
+	if n := kms.ApplicationName(kc.req.ApplicationID); n != "" {
+		return n
+	}
+	return "other"
+}
+
+func versionLabel(kc *kmsCall) string {
+	switch kc.req.MajorVersion {
+	case 4, 5, 6:
+		return strconv.Itoa(int(kc.req.MajorVersion))
+	}
+	return "other"
+}
+
+// kmsRequestFields are the kms.* fields of DESIGN Events taken from a request.
+func kmsRequestFields(kc *kmsCall) []zap.Field {
+	if kc.decodeErr != nil {
+		return []zap.Field{
+			zap.String("kms.error", kms.Reason(kc.decodeErr)),
+			zap.String("error.message", kc.decodeErr.Error()),
+		}
+	}
+	r := &kc.req
+	return []zap.Field{
+		zap.Uint16("kms.version", r.MajorVersion),
+		zap.String("kms.application", nameOr(kms.ApplicationName(r.ApplicationID), r.ApplicationID)),
+		zap.String("kms.application_id", r.ApplicationID.String()),
+		zap.String("kms.sku", nameOr(kms.SKUName(r.SKUID), r.SKUID)),
+		zap.String("kms.sku_id", r.SKUID.String()),
+		zap.String("kms.kms_counted_id", r.KMSCountedID.String()),
+		zap.String("kms.kms_counted_name", kms.KMSCountedIDName(r.KMSCountedID)),
+		zap.String("kms.client_machine_id", r.CMID.String()),
+		zap.String("kms.workstation", r.Workstation()),
+		zap.String("kms.license_status", kms.LicenseStatusName(r.LicenseStatus)),
+		zap.Time("kms.client_time", r.Time()),
+		zap.Uint32("kms.required_count", r.RequiredCount),
+		zap.Bool("kms.virtual_machine", r.VMInfo == 1),
+	}
+}
+
+func nameOr(name string, id rpcparse.UUID) string {
+	if name != "" {
+		return name
+	}
+	return id.String()
+}
+
+// ---- detection: duplicate CMIDs and clock skew ----
+
+// kmsWatch remembers recent client machine IDs to spot clones and
+// spoofing: the same CMID from another source or workstation within the
+// window. Memory is bounded by KMSWatch.MaxTracked (oldest evicted).
+type kmsWatch struct {
+	mu    sync.Mutex
+	byID  map[rpcparse.UUID]*list.Element
+	order *list.List // front = most recent
+}
+
+type cmidSeen struct {
+	cmid        rpcparse.UUID
+	src         netip.Addr
+	workstation string
+	seen        time.Time
+}
+
+func newKMSWatch() *kmsWatch {
+	return &kmsWatch{byID: make(map[rpcparse.UUID]*list.Element), order: list.New()}
+}
+
+func (w *kmsWatch) observe(s *session, rt *Runtime, kc *kmsCall) {
+	cfg := rt.Config.KMSWatch
+	now := time.Now()
+	r := &kc.req
+	if skew := now.Sub(r.Time()); cfg.MaxClockSkew > 0 && (skew > cfg.MaxClockSkew || -skew > cfg.MaxClockSkew) {
+		f := eventFields(ActionKMSClockSkew, "unknown", "clock-skew")
+		f = append(f, zap.String("rule.name", kc.rule), zap.Duration("kms.clock_skew", skew),
+			zap.String("kms.client_machine_id", r.CMID.String()), zap.String("kms.workstation", r.Workstation()),
+			zap.Time("kms.client_time", r.Time()))
+		s.log.Warn(ActionKMSClockSkew, f...)
+		s.srv.metrics.Decisions.WithLabelValues(ActionKMSClockSkew, "clock-skew").Inc()
+	}
+	if cfg.MaxTracked <= 0 {
+		return
+	}
+	ws := r.Workstation()
+	src := s.src.Addr()
+	w.mu.Lock()
+	var prev cmidSeen
+	dup := false
+	if e, ok := w.byID[r.CMID]; ok {
+		old := e.Value.(*cmidSeen)
+		if now.Sub(old.seen) <= cfg.DuplicateWindow && (old.src != src || old.workstation != ws) {
+			prev, dup = *old, true
+		}
+		old.src, old.workstation, old.seen = src, ws, now
+		w.order.MoveToFront(e)
+	} else {
+		w.byID[r.CMID] = w.order.PushFront(&cmidSeen{cmid: r.CMID, src: src, workstation: ws, seen: now})
+		for w.order.Len() > cfg.MaxTracked {
+			last := w.order.Back()
+			delete(w.byID, last.Value.(*cmidSeen).cmid)
+			w.order.Remove(last)
+		}
+	}
+	w.mu.Unlock()
+	if dup {
+		f := eventFields(ActionKMSDuplicateCMID, "unknown", "duplicate-cmid")
+		f = append(f, zap.String("rule.name", kc.rule),
+			zap.String("kms.client_machine_id", r.CMID.String()), zap.String("kms.workstation", ws),
+			zap.String("kmsproxy.previous.source_ip", prev.src.String()),
+			zap.String("kmsproxy.previous.workstation", prev.workstation),
+			zap.Time("kmsproxy.previous.seen", prev.seen))
+		s.log.Warn(ActionKMSDuplicateCMID, f...)
+		s.srv.metrics.Decisions.WithLabelValues(ActionKMSDuplicateCMID, "duplicate-cmid").Inc()
+	}
+}
+
+// kmsResponseFields are the kms.* fields taken from a successful reply.
+func kmsResponseFields(blob []byte, req *kms.Request) []zap.Field {
+	var r kms.Response
+	if err := kms.DecodeResponse(blob, req, &r); err != nil {
+		return []zap.Field{zap.String("kms.reply_error", kms.Reason(err))}
+	}
+	f := []zap.Field{
+		zap.Uint32("kms.current_count", r.CurrentCount),
+		zap.String("kms.epid", r.EPID()),
+		zap.Uint32("kms.activation_interval", r.ActivationInterval),
+		zap.Uint32("kms.renewal_interval", r.RenewalInterval),
+		zap.Bool("kms.reply_cmid_match", r.CMIDMatch),
+		zap.Bool("kms.reply_time_match", r.TimeMatch),
+	}
+	switch r.MajorVersion {
+	case 4:
+		f = append(f, zap.Bool("kms.reply_verified", r.MACVerified))
+	case 5:
+		f = append(f, zap.Bool("kms.reply_verified", r.DigestVerified && r.IVMatch))
+	case 6:
+		f = append(f, zap.Bool("kms.reply_verified", r.HMACVerified))
+	}
+	return f
+}

@@ -1,0 +1,85 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Management serves /metrics, /healthz and /readyz. It belongs on an
+// internal address: it is never on the client-facing listener.
+type Management struct {
+	srv      *Server
+	bound    atomic.Bool
+	interval time.Duration
+}
+
+// NewManagement returns the management handler set for srv. interval is
+// how recent an upstream contact must be for /readyz (0: 30s).
+func NewManagement(srv *Server, interval time.Duration) *Management {
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	return &Management{srv: srv, interval: interval}
+}
+
+// SetListening records that the client listener is bound.
+func (m *Management) SetListening(v bool) { m.bound.Store(v) }
+
+// Handler returns the HTTP handler.
+func (m *Management) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.srv.metrics.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if why := m.notReady(); why != "" {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+func (m *Management) notReady() string {
+	switch {
+	case m.srv.Runtime() == nil:
+		return "no valid config"
+	case !m.bound.Load():
+		return "listener not bound"
+	case time.Since(m.srv.LastUpstreamOK()) > m.interval:
+		return "no upstream reached in the last " + m.interval.String()
+	}
+	return ""
+}
+
+// CheckUpstreams dials each upstream with a plain TCP connect every
+// interval until ctx ends, so /readyz reflects reachability even without
+// traffic. It sends no bytes: the host sees a connect and a close.
+func (m *Management) CheckUpstreams(ctx context.Context) {
+	t := time.NewTicker(m.interval / 3)
+	defer t.Stop()
+	for {
+		rt := m.srv.Runtime()
+		for _, addr := range rt.Config.Upstreams {
+			d := net.Dialer{Timeout: rt.Config.Limits.UpstreamConnectTimeout}
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				c.Close()
+				m.srv.MarkUpstreamOK()
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

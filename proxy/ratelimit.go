@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+)
+
+var (
+	errEMFILE = syscall.EMFILE
+	errENFILE = syscall.ENFILE
+)
+
+// maxRateEntries bounds the per-source rate table: a flood from many
+// spoofed-looking sources cannot grow it without limit. Past it, idle
+// entries are swept; if none are idle the newest source is refused.
+const maxRateEntries = 65536
+
+// rateLimiter is a token bucket per source address refilled at
+// limit/minute with a burst of limit.
+type rateLimiter struct {
+	mu      sync.Mutex
+	buckets map[netip.Addr]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newRateLimiter() *rateLimiter {
+	return &rateLimiter{buckets: make(map[netip.Addr]*bucket)}
+}
+
+// allow takes one token for src under a limit of perMinute.
+func (r *rateLimiter) allow(src netip.Addr, perMinute int, now time.Time) bool {
+	if perMinute <= 0 {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.buckets[src]
+	if b == nil {
+		if len(r.buckets) >= maxRateEntries {
+			r.sweep(now)
+			if len(r.buckets) >= maxRateEntries {
+				return false
+			}
+		}
+		b = &bucket{tokens: float64(perMinute), last: now}
+		r.buckets[src] = b
+	}
+	rate := float64(perMinute) / float64(time.Minute)
+	b.tokens = min(float64(perMinute), b.tokens+float64(now.Sub(b.last))*rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// sweep drops buckets idle for a minute: they have refilled completely,
+// so forgetting them changes nothing.
+func (r *rateLimiter) sweep(now time.Time) {
+	for k, b := range r.buckets {
+		if now.Sub(b.last) >= time.Minute {
+			delete(r.buckets, k)
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package proxy
+
+import (
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/kmsproxy/kmsproxy/config"
+)
+
+// Reload loads path, validates everything, and only then swaps the new
+// policy in. On any failure the running policy stays and the failure is
+// logged with every problem.
+func (s *Server) Reload(path string) error {
+	cfg, err := config.Load(path)
+	var rt *Runtime
+	if err == nil {
+		rt, err = NewRuntime(cfg)
+	}
+	if err != nil {
+		f := []zap.Field{zap.String("file.path", path), zap.String("error.message", err.Error())}
+		var ve *config.ValidationError
+		if errors.As(err, &ve) {
+			problems := make([]string, 0, len(ve.Problems))
+			for _, p := range ve.Problems {
+				problems = append(problems, p.Path+": "+p.Message)
+			}
+			f = append(f, zap.Strings("kmsproxy.config.problems", problems))
+		}
+		s.log.Error("config reload failed; keeping the running policy",
+			append(configEventFields(ActionConfigReloadFailed, "failure", "invalid-config"), f...)...)
+		s.metrics.ConfigReloads.WithLabelValues("failure").Inc()
+		s.metrics.ConfigLastReload.Set(0)
+		s.metrics.Decisions.WithLabelValues(ActionConfigReloadFailed, "invalid-config").Inc()
+		return err
+	}
+	old := s.rt.Load()
+	if old != nil && old.Config.Listen != cfg.Listen {
+		s.log.Warn("listen address changes need a restart; keeping the current listener",
+			zap.String("kmsproxy.listen.current", old.Config.Listen), zap.String("kmsproxy.listen.new", cfg.Listen))
+	}
+	s.rt.Store(rt)
+	s.log.Info("config reloaded", append(configEventFields(ActionConfigReloaded, "success", ""),
+		zap.String("file.path", path), zap.Int("kmsproxy.config.rules", len(cfg.Rules)),
+		zap.Bool("kmsproxy.config.shadow", rt.Shadow != nil))...)
+	s.metrics.ConfigReloads.WithLabelValues("success").Inc()
+	s.metrics.ConfigLastReload.Set(1)
+	s.metrics.Decisions.WithLabelValues(ActionConfigReloaded, "").Inc()
+	return nil
+}
+
+func configEventFields(action, outcome, reason string) []zap.Field {
+	f := eventFields(action, outcome, reason)
+	f[1] = zap.Strings("event.category", []string{"network", "configuration"})
+	return append(f, zap.Time("kmsproxy.config.loaded_at", time.Now()))
+}

@@ -1,0 +1,297 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/config"
+)
+
+// Runtime is one immutable generation of configuration and compiled policy.
+// Every decision loads the current Runtime, so a reload takes effect on the
+// next PDU of connections already open.
+type Runtime struct {
+	Config *config.Config
+	Policy *acl.Policy
+	Shadow *acl.Policy // candidate policy, never enforced; nil without one
+}
+
+// NewRuntime builds a Runtime from a validated config, loading and
+// compiling the shadow policy file when one is configured.
+func NewRuntime(cfg *config.Config) (*Runtime, error) {
+	rt := &Runtime{Config: cfg, Policy: cfg.Policy}
+	if rt.Policy == nil {
+		return nil, fmt.Errorf("proxy: config %q has no compiled policy", cfg.Path)
+	}
+	if cfg.Shadow.Config != "" {
+		sc, err := config.Load(cfg.Shadow.Config)
+		if err != nil {
+			return nil, fmt.Errorf("shadow policy %s: %w", cfg.Shadow.Config, err)
+		}
+		rt.Shadow = sc.Policy
+	}
+	return rt, nil
+}
+
+// Dialer connects to an upstream KMS host. Tests inject their own.
+type Dialer func(ctx context.Context, network, address string) (net.Conn, error)
+
+// Server accepts client connections and runs one session per connection.
+type Server struct {
+	log     *zap.Logger
+	metrics *Metrics
+	rt      atomic.Pointer[Runtime]
+	dial    Dialer
+
+	nextID     atomic.Uint64
+	lastDialOK atomic.Int64 // unix nanoseconds of the last successful upstream dial
+	rate       *rateLimiter
+	watch      *kmsWatch
+
+	mu        sync.Mutex
+	active    int
+	perSource map[netip.Addr]int
+	sessions  map[*session]struct{}
+	listeners map[net.Listener]struct{}
+	closing   bool
+	wg        sync.WaitGroup
+}
+
+// New returns a server enforcing rt. metrics may be nil.
+func New(rt *Runtime, log *zap.Logger, metrics *Metrics) *Server {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if metrics == nil {
+		metrics = NewMetrics()
+	}
+	s := &Server{
+		log:       log,
+		metrics:   metrics,
+		perSource: make(map[netip.Addr]int),
+		sessions:  make(map[*session]struct{}),
+		listeners: make(map[net.Listener]struct{}),
+		rate:      newRateLimiter(),
+		watch:     newKMSWatch(),
+	}
+	s.rt.Store(rt)
+	var d net.Dialer
+	s.dial = d.DialContext
+	return s
+}
+
+// SetDialer replaces the upstream dialer (tests).
+func (s *Server) SetDialer(d Dialer) { s.dial = d }
+
+// Runtime returns the policy generation in force.
+func (s *Server) Runtime() *Runtime { return s.rt.Load() }
+
+// SetRuntime swaps in a new policy generation atomically.
+func (s *Server) SetRuntime(rt *Runtime) { s.rt.Store(rt) }
+
+// Metrics returns the server's metric set.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// LastUpstreamOK returns when an upstream was last reached, zero if never.
+func (s *Server) LastUpstreamOK() time.Time {
+	n := s.lastDialOK.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// MarkUpstreamOK records a successful upstream contact (readiness checks).
+func (s *Server) MarkUpstreamOK() { s.lastDialOK.Store(time.Now().UnixNano()) }
+
+// ActiveConnections returns the number of open client connections.
+func (s *Server) ActiveConnections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts connections on ln until Shutdown or a permanent error.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			if isTemporaryAccept(err) {
+				// Out of file descriptors or a transient error: say so and
+				// back off rather than spin.
+				backoff = min(max(backoff*2, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; backing off", append(eventFields(ActionConnectionRefused, "failure", ReasonFDBudget),
+					zap.Error(err), zap.Duration("kmsproxy.backoff", backoff))...)
+				s.metrics.Decisions.WithLabelValues(ActionConnectionRefused, ReasonFDBudget).Inc()
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		s.admit(c)
+	}
+}
+
+func isTemporaryAccept(err error) bool {
+	var ne interface{ Temporary() bool }
+	if errors.As(err, &ne) && ne.Temporary() {
+		return true
+	}
+	return errors.Is(err, errEMFILE) || errors.Is(err, errENFILE)
+}
+
+// admit applies the accept-time checks (DESIGN rule 1 and the connection
+// limits) before any byte is read or any upstream is dialled.
+func (s *Server) admit(c net.Conn) {
+	rt := s.rt.Load()
+	src := addrPort(c.RemoteAddr())
+	dst := addrPort(c.LocalAddr())
+	id := s.nextID.Add(1)
+	zone := rt.Policy.Zone(src.Addr())
+	log := s.log.With(connFields(id, src, dst, zone)...)
+
+	refuse := func(reason, rule string) {
+		f := eventFields(ActionConnectionRefused, "failure", reason)
+		if rule != "" {
+			f = append(f, zap.String("rule.name", rule))
+		}
+		log.Info("connection refused", f...)
+		s.metrics.Connections.WithLabelValues(zoneLabel(zone), "refused").Inc()
+		s.metrics.Decisions.WithLabelValues(ActionConnectionRefused, reason).Inc()
+		// Close with RST-less FIN: nothing has been read.
+		c.Close()
+	}
+
+	if d := rt.Policy.AdmitSource(src.Addr()); d.Verdict != acl.Allow {
+		refuse(d.Reason, d.Rule)
+		return
+	}
+	lim := rt.Config.Limits
+	s.mu.Lock()
+	switch {
+	case s.closing:
+		s.mu.Unlock()
+		refuse(ReasonShutdown, "")
+		return
+	case s.active >= lim.Connections:
+		s.mu.Unlock()
+		refuse(ReasonConnectionLimit, "")
+		return
+	case s.perSource[src.Addr()] >= lim.ConnectionsPerSource:
+		s.mu.Unlock()
+		refuse(ReasonSourceConnectionLimit, "")
+		return
+	}
+	s.active++
+	s.perSource[src.Addr()]++
+	sess := newSession(s, c, id, src, dst, zone, log)
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	s.metrics.Connections.WithLabelValues(zoneLabel(zone), "accepted").Inc()
+	s.metrics.ConnectionsActive.Inc()
+	log.Info("connection accepted", eventFields(ActionConnectionAccepted, "success", "")...)
+	go sess.run()
+}
+
+func (s *Server) release(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.active--
+	if n := s.perSource[sess.src.Addr()] - 1; n > 0 {
+		s.perSource[sess.src.Addr()] = n
+	} else {
+		delete(s.perSource, sess.src.Addr())
+	}
+	s.mu.Unlock()
+	s.metrics.ConnectionsActive.Dec()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting, lets open sessions finish until ctx is done,
+// then closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.abort(ReasonShutdown)
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func zoneLabel(z string) string {
+	if z == "" {
+		return "none"
+	}
+	return z
+}
+
+func connFields(id uint64, src, dst netip.AddrPort, zone string) []zap.Field {
+	return []zap.Field{
+		zap.String("source.ip", src.Addr().String()),
+		zap.Uint16("source.port", src.Port()),
+		zap.String("destination.ip", dst.Addr().String()),
+		zap.Uint16("destination.port", dst.Port()),
+		zap.String("network.transport", "tcp"),
+		zap.String("network.protocol", "dcerpc"),
+		zap.String("network.community_id", CommunityID(src, dst)),
+		zap.Uint64("kmsproxy.connection_id", id),
+		zap.String("kmsproxy.zone", zone),
+	}
+}

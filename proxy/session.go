@@ -1,0 +1,830 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/rpcparse"
+)
+
+// maxOutstandingCalls bounds calls forwarded and not yet answered on one
+// connection, so a client cannot make the proxy remember unbounded state.
+const maxOutstandingCalls = 32
+
+// liveContext is a presentation context the host accepted.
+type liveContext struct {
+	id    uint16
+	iface rpcparse.SyntaxID
+	ndr64 bool
+}
+
+// pendingItem is a context offered in a bind or alter_context that the
+// host has not answered yet.
+type pendingItem struct {
+	id    uint16
+	iface rpcparse.SyntaxID
+}
+
+// call is a request forwarded to the host and not yet fully answered.
+type call struct {
+	id     uint32
+	ctxID  uint16
+	opnum  uint16
+	ndr64  bool
+	kms    *kmsCall // non-nil for KMS activation calls
+	respOK bool     // first response fragment seen
+}
+
+// assembly holds the fragments of a multi-fragment request until its last
+// fragment passed every check (store and forward).
+type assembly struct {
+	active  bool
+	callID  uint32
+	ctxID   uint16
+	opnum   uint16
+	ctx     liveContext
+	rule    acl.Decision
+	raw     []byte // whole fragments as received, forwarded unchanged
+	stub    []byte // reassembled stub, for payload inspection
+	stubLen int
+}
+
+type session struct {
+	srv    *Server
+	id     uint64
+	client net.Conn
+	src    netip.AddrPort
+	dst    netip.AddrPort
+	zone   string
+	log    *zap.Logger
+	start  time.Time
+
+	upstream     net.Conn
+	upstreamAddr string
+	upstreamDone chan struct{}
+
+	clientWriteMu sync.Mutex
+	closeOnce     sync.Once
+	closed        atomic.Bool
+	closeReason   atomic.Value // string
+
+	clientBytes, hostBytes atomic.Int64
+	clientPDUs, hostPDUs   atomic.Int64
+
+	// Touched by the client loop only.
+	bound  bool
+	drep   rpcparse.DataRep
+	asm    assembly
+	pduIn  rpcparse.PDU
+	maxFrg int
+
+	// Shared between the client and host loops.
+	mu        sync.Mutex
+	auth      rpcparse.AuthClass
+	pending   []pendingItem
+	pendType  rpcparse.PType
+	pendCall  uint32
+	pendValid bool
+	pendDone  chan struct{} // closed when the host answers the pending bind
+	live      []liveContext
+	calls     []call
+}
+
+func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, log *zap.Logger) *session {
+	return &session{
+		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, log: log,
+		start: time.Now(), drep: rpcparse.LittleEndianDataRep,
+	}
+}
+
+func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
+
+// run is the client loop: frame, parse, decide, forward. It owns the
+// session's lifetime.
+func (s *session) run() {
+	defer s.srv.release(s)
+	defer s.finish()
+	rt := s.runtime()
+	s.maxFrg = rt.Config.Limits.MaxFragment
+	fr := rpcparse.NewFramer(countingReader{s.client, &s.clientBytes}, s.maxFrg)
+	handshakeDeadline := time.Now().Add(rt.Config.Limits.HandshakeTimeout)
+	for {
+		if s.bound {
+			s.client.SetReadDeadline(time.Now().Add(rt.Config.Limits.IdleTimeout))
+		} else {
+			s.client.SetReadDeadline(handshakeDeadline)
+		}
+		frag, err := fr.Next()
+		if err != nil {
+			s.clientReadError(err)
+			return
+		}
+		s.clientPDUs.Add(1)
+		// Decide under the policy in force when the PDU arrived, not when
+		// the read began: a reload must reach the very next PDU.
+		rt = s.runtime()
+		p := &s.pduIn
+		if err := p.Parse(frag, s.maxFrg); err != nil {
+			s.violation("client", rpcparse.Reason(err), err, p)
+			return
+		}
+		if !s.handleClientPDU(rt, p, frag) {
+			return
+		}
+	}
+}
+
+func (s *session) clientReadError(err error) {
+	if s.closed.Load() {
+		return
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF):
+		s.halfClose()
+	case errors.As(err, &ne) && ne.Timeout():
+		if s.bound {
+			s.setReason(ReasonIdleTimeout)
+		} else {
+			s.setReason(ReasonHandshakeTimeout)
+		}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		s.setReason("client-eof-mid-pdu")
+	default:
+		var pe *rpcparse.ParseError
+		if errors.As(err, &pe) {
+			s.violation("client", rpcparse.Reason(err), err, nil)
+			return
+		}
+		s.setReason("client-read-error")
+	}
+}
+
+// halfClose passes the client's end of stream to the host and waits,
+// bounded by the idle timeout, for the host to finish answering.
+func (s *session) halfClose() {
+	s.setReason("client-closed")
+	if s.upstream == nil {
+		return
+	}
+	s.mu.Lock()
+	outstanding := len(s.calls) > 0 || s.pendValid
+	s.mu.Unlock()
+	if !outstanding {
+		return
+	}
+	if tc, ok := s.upstream.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
+	}
+	select {
+	case <-s.upstreamDone:
+	case <-time.After(s.runtime().Config.Limits.IdleTimeout):
+	}
+}
+
+// handleClientPDU applies DESIGN rules 3–6 to one client PDU; it returns
+// false when the connection must end.
+func (s *session) handleClientPDU(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
+	if !p.Type.FromClient() {
+		s.violation("client", ReasonWrongDirection, nil, p)
+		return false
+	}
+	if !s.bound && p.Type != rpcparse.PTypeBind {
+		s.violation("client", ReasonFirstPDUNotBind, nil, p)
+		return false
+	}
+	if s.bound && !s.awaitBindAnswer(rt) {
+		s.violation("client", ReasonBindPending, nil, p)
+		return false
+	}
+	switch p.Type {
+	case rpcparse.PTypeBind:
+		if s.bound {
+			s.violation("client", ReasonSecondBind, nil, p)
+			return false
+		}
+		s.drep = p.DataRep
+		return s.handleBind(rt, p, frag)
+	case rpcparse.PTypeAlterContext:
+		return s.handleBind(rt, p, frag)
+	case rpcparse.PTypeRequest:
+		return s.handleRequest(rt, p, frag)
+	case rpcparse.PTypeAuth3:
+		return s.handleAuth3(rt, p, frag)
+	case rpcparse.PTypeCoCancel, rpcparse.PTypeOrphaned:
+		return s.handleCancel(p, frag)
+	}
+	s.violation("client", ReasonWrongDirection, nil, p)
+	return false
+}
+
+func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
+	if s.asm.active {
+		s.violation("client", ReasonCallInterleaved, nil, p)
+		return false
+	}
+	d := rt.Policy.DecideBind(s.src.Addr(), p)
+	s.shadowBind(rt, p, d)
+	if d.Verdict != acl.Allow {
+		s.refuseBind(rt, p, d)
+		return false
+	}
+	auth := rpcparse.ClassifyAuth(p)
+	s.logBind(p, d, auth)
+	if s.upstream == nil {
+		if !s.connectUpstream(rt, p) {
+			return false
+		}
+	}
+	items := make([]pendingItem, 0, p.Bind.NumContexts)
+	for it := p.Bind.Contexts(); it.Next(); {
+		c := it.Context()
+		items = append(items, pendingItem{id: c.ID, iface: c.Abstract})
+	}
+	s.mu.Lock()
+	s.pending, s.pendType, s.pendCall, s.pendValid = items, p.Type, p.CallID, true
+	s.pendDone = make(chan struct{})
+	if p.Type == rpcparse.PTypeBind || p.HasAuth {
+		s.auth = auth
+	}
+	s.mu.Unlock()
+	s.bound = true
+	return s.forward(frag)
+}
+
+func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
+	class := rpcparse.ClassifyAuth(p)
+	s.mu.Lock()
+	prev := s.auth
+	s.mu.Unlock()
+	// auth3 completes the handshake the bind began; it may not turn an
+	// authenticated association anonymous or otherwise change its class.
+	if class != prev {
+		d := acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonAuthChanged}
+		s.refusalEvent(ActionRequestRefused, d, p, zap.String("dcerpc.auth.type", p.Auth.Type.String()),
+			zap.String("kmsproxy.auth_class", class.String()))
+		s.setReason(ReasonAuthChanged)
+		return false
+	}
+	return s.forward(frag)
+}
+
+func (s *session) handleCancel(p *rpcparse.PDU, frag []byte) bool {
+	// A cancel or orphan for a call still held here ends that call without
+	// the host ever seeing it.
+	if s.asm.active && p.CallID == s.asm.callID {
+		s.dropAssembly()
+		return true
+	}
+	s.mu.Lock()
+	known := s.findCall(p.CallID) >= 0
+	s.mu.Unlock()
+	if !known {
+		return true // nothing at the host to cancel; swallow it
+	}
+	return s.forward(frag)
+}
+
+// handleRequest checks one request fragment (rule 6) and forwards the call
+// once its last fragment passed.
+func (s *session) handleRequest(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
+	r := &p.Request
+	first := p.Flags&rpcparse.FlagFirstFrag != 0
+	last := p.Flags&rpcparse.FlagLastFrag != 0
+	lim := rt.Config.Limits
+	if r.HasObject {
+		d := acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonObjectUUID}
+		s.refuseRequest(rt, p, d)
+		return false
+	}
+	if s.asm.active {
+		switch {
+		case first || p.CallID != s.asm.callID:
+			s.violation("client", ReasonCallInterleaved, nil, p)
+			return false
+		case r.ContextID != s.asm.ctxID || r.Opnum != s.asm.opnum:
+			s.violation("client", ReasonFragmentMismatch, nil, p)
+			return false
+		}
+	} else {
+		if !first {
+			s.violation("client", ReasonFirstFragMissing, nil, p)
+			return false
+		}
+		s.mu.Lock()
+		ctx, ok := s.liveContext(r.ContextID)
+		dup := s.findCall(p.CallID) >= 0
+		full := len(s.calls) >= maxOutstandingCalls
+		s.mu.Unlock()
+		if dup || full {
+			s.violation("client", ReasonCallInterleaved, nil, p)
+			return false
+		}
+		if !ok {
+			s.refuseRequest(rt, p, acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonContextNotLive})
+			return false
+		}
+		s.mu.Lock()
+		auth := s.auth
+		s.mu.Unlock()
+		d := rt.Policy.DecideRequest(s.src.Addr(), ctx.iface, auth, r.Opnum)
+		s.shadowRequest(rt, p, ctx, auth, d)
+		if d.Verdict != acl.Allow {
+			s.refuseRequest(rt, p, d)
+			return false
+		}
+		s.asm = assembly{active: true, callID: p.CallID, ctxID: r.ContextID, opnum: r.Opnum, ctx: ctx, rule: d,
+			raw: s.asm.raw[:0], stub: s.asm.stub[:0]}
+	}
+	s.asm.stubLen += len(r.Stub)
+	if s.asm.stubLen > lim.MaxCallBytes {
+		s.refuseRequest(rt, p, acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonCallTooLarge})
+		return false
+	}
+	single := first && last
+	if !single {
+		s.asm.raw = append(s.asm.raw, frag...)
+		s.asm.stub = append(s.asm.stub, r.Stub...)
+	}
+	if !last {
+		return true
+	}
+	stub := r.Stub
+	if !single {
+		stub = s.asm.stub
+	}
+	c := call{id: p.CallID, ctxID: s.asm.ctxID, opnum: s.asm.opnum, ndr64: s.asm.ctx.ndr64}
+	if !s.inspectCall(rt, p, &c, stub) {
+		return false
+	}
+	s.mu.Lock()
+	s.calls = append(s.calls, c)
+	s.mu.Unlock()
+	out := frag
+	if !single {
+		out = s.asm.raw
+	}
+	s.dropAssembly()
+	return s.forward(out)
+}
+
+func (s *session) dropAssembly() {
+	s.asm = assembly{raw: s.asm.raw[:0], stub: s.asm.stub[:0]}
+	// Give back big buffers a hostile client made us grow.
+	if cap(s.asm.raw) > 1<<16 {
+		s.asm.raw, s.asm.stub = nil, nil
+	}
+}
+
+// awaitBindAnswer holds a pipelined PDU until the host has answered the
+// pending bind or alter_context: which contexts are live is only known
+// then. It gives up after the idle timeout.
+func (s *session) awaitBindAnswer(rt *Runtime) bool {
+	s.mu.Lock()
+	done, waiting := s.pendDone, s.pendValid
+	s.mu.Unlock()
+	if !waiting {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	case <-s.upstreamDone:
+		return false
+	case <-time.After(rt.Config.Limits.IdleTimeout):
+		return false
+	}
+}
+
+// clearPending must be called with s.mu held.
+func (s *session) clearPending() {
+	if s.pendValid {
+		close(s.pendDone)
+	}
+	s.pendValid, s.pending = false, nil
+}
+
+// liveContext must be called with s.mu held.
+func (s *session) liveContext(id uint16) (liveContext, bool) {
+	for _, c := range s.live {
+		if c.id == id {
+			return c, true
+		}
+	}
+	return liveContext{}, false
+}
+
+// findCall must be called with s.mu held.
+func (s *session) findCall(id uint32) int {
+	for i := range s.calls {
+		if s.calls[i].id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// forward writes bytes that passed every check to the host.
+func (s *session) forward(b []byte) bool {
+	rt := s.runtime()
+	s.upstream.SetWriteDeadline(time.Now().Add(rt.Config.Limits.IdleTimeout))
+	if _, err := s.upstream.Write(b); err != nil {
+		s.setReason("upstream-write-error")
+		return false
+	}
+	s.srv.metrics.Bytes.WithLabelValues("client_to_host").Add(float64(len(b)))
+	return true
+}
+
+// writeClient sends bytes to the client; both loops use it.
+func (s *session) writeClient(b []byte) error {
+	s.clientWriteMu.Lock()
+	defer s.clientWriteMu.Unlock()
+	s.client.SetWriteDeadline(time.Now().Add(s.runtime().Config.Limits.IdleTimeout))
+	_, err := s.client.Write(b)
+	return err
+}
+
+// connectUpstream dials the upstreams in order; on failure the client gets
+// bind_nak "temporary congestion" and the connection ends.
+func (s *session) connectUpstream(rt *Runtime, p *rpcparse.PDU) bool {
+	timeout := rt.Config.Limits.UpstreamConnectTimeout
+	var lastErr error
+	for _, addr := range rt.Config.Upstreams {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		t0 := time.Now()
+		c, err := s.srv.dial(ctx, "tcp", addr)
+		cancel()
+		if err != nil {
+			lastErr = err
+			s.srv.metrics.UpstreamErrors.WithLabelValues(addr).Inc()
+			continue
+		}
+		s.srv.metrics.UpstreamDialSeconds.Observe(time.Since(t0).Seconds())
+		s.srv.MarkUpstreamOK()
+		s.upstream, s.upstreamAddr = c, addr
+		s.upstreamDone = make(chan struct{})
+		go s.hostLoop()
+		return true
+	}
+	f := eventFields(ActionUpstreamUnavailable, "failure", ReasonUpstreamUnreachable)
+	f = append(f, zap.Strings("kmsproxy.upstreams", rt.Config.Upstreams))
+	if lastErr != nil {
+		f = append(f, zap.String("error.message", lastErr.Error()))
+	}
+	s.log.Warn("no upstream reachable", f...)
+	s.srv.metrics.Decisions.WithLabelValues(ActionUpstreamUnavailable, ReasonUpstreamUnreachable).Inc()
+	s.writeClient(rpcparse.AppendBindNak(nil, p.DataRep, p.CallID, rpcparse.NakTemporaryCongestion))
+	s.setReason(ReasonUpstreamUnreachable)
+	return false
+}
+
+// ---- refusals ----
+
+func (s *session) onDenyReject() bool { return s.runtime().Config.OnDeny != "drop" }
+
+func (s *session) refuseBind(rt *Runtime, p *rpcparse.PDU, d acl.Decision) {
+	action := ActionBindRefused
+	s.refusalEvent(action, d, p, bindFields(p)...)
+	s.setReason(d.Reason)
+	if !s.onDenyReject() {
+		return
+	}
+	if p.Type == rpcparse.PTypeBind {
+		reason := rpcparse.NakReasonNotSpecified
+		switch d.Reason {
+		case acl.ReasonAuthNotAllowed:
+			reason = rpcparse.NakAuthenticationTypeNotRecog
+		case acl.ReasonTooManyContexts:
+			reason = rpcparse.NakLocalLimitExceeded
+		}
+		s.writeClient(rpcparse.AppendBindNak(nil, p.DataRep, p.CallID, reason))
+		return
+	}
+	// alter_context has no nak: a fault on its call id ends it.
+	status := rpcparse.StatusAccessDenied
+	if d.Reason == acl.ReasonInterfaceNotAllowed || d.Reason == acl.ReasonNoMatchingRule {
+		status = rpcparse.StatusUnknownIf
+	}
+	s.writeClient(rpcparse.AppendFault(nil, p.DataRep, p.CallID, 0, status, true))
+}
+
+func (s *session) refuseRequest(rt *Runtime, p *rpcparse.PDU, d acl.Decision, extra ...zap.Field) {
+	s.refusalEvent(ActionRequestRefused, d, p, append(requestFields(s, p), extra...)...)
+	s.setReason(d.Reason)
+	if !s.onDenyReject() {
+		return
+	}
+	status := rpcparse.StatusAccessDenied
+	switch d.Reason {
+	case acl.ReasonOpnumNotAllowed:
+		status = rpcparse.StatusOpRangeError
+	case ReasonContextNotLive:
+		status = rpcparse.StatusUnknownIf
+	}
+	s.writeClient(rpcparse.AppendFault(nil, p.DataRep, p.CallID, p.Request.ContextID, status, true))
+}
+
+// violation logs a protocol violation and ends the connection without an
+// answer: a peer that breaks framing is not a client to talk to.
+func (s *session) violation(dir, reason string, err error, p *rpcparse.PDU) {
+	if s.closed.Load() {
+		return
+	}
+	f := eventFields(ActionProtocolViolation, "failure", reason)
+	f = append(f, zap.String("network.direction", directionECS(dir)))
+	if p != nil {
+		f = append(f, zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
+	}
+	if err != nil {
+		f = append(f, zap.String("error.message", err.Error()))
+	}
+	s.log.Warn("protocol violation", f...)
+	s.srv.metrics.Decisions.WithLabelValues(ActionProtocolViolation, reason).Inc()
+	s.setReason(reason)
+}
+
+func directionECS(dir string) string {
+	if dir == "host" {
+		return "outbound"
+	}
+	return "inbound"
+}
+
+func (s *session) refusalEvent(action string, d acl.Decision, p *rpcparse.PDU, extra ...zap.Field) {
+	f := eventFields(action, "failure", d.Reason)
+	if d.Rule != "" {
+		f = append(f, zap.String("rule.name", d.Rule))
+	}
+	f = append(f, zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
+	f = append(f, extra...)
+	s.log.Info(action, f...)
+	s.srv.metrics.Decisions.WithLabelValues(action, d.Reason).Inc()
+}
+
+func (s *session) logBind(p *rpcparse.PDU, d acl.Decision, auth rpcparse.AuthClass) {
+	f := eventFields(ActionBindAllowed, "success", "")
+	f = append(f, zap.String("rule.name", d.Rule), zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
+	f = append(f, bindFields(p)...)
+	s.log.Info(ActionBindAllowed, f...)
+	s.srv.metrics.Decisions.WithLabelValues(ActionBindAllowed, acl.ReasonAllowed).Inc()
+}
+
+// bindFields describes a bind's first context and its auth for events.
+func bindFields(p *rpcparse.PDU) []zap.Field {
+	var f []zap.Field
+	it := p.Bind.Contexts()
+	if it.Next() {
+		c := it.Context()
+		f = append(f,
+			zap.String("dcerpc.interface.uuid", c.Abstract.UUID.String()),
+			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(c.Abstract.UUID)),
+			zap.String("dcerpc.interface.version", versionString(c.Abstract)),
+		)
+	}
+	f = append(f, zap.Uint8("dcerpc.context_count", p.Bind.NumContexts))
+	f = append(f, authFields(p)...)
+	return f
+}
+
+func authFields(p *rpcparse.PDU) []zap.Field {
+	if !p.HasAuth {
+		return []zap.Field{zap.String("dcerpc.auth.type", "none")}
+	}
+	return []zap.Field{
+		zap.String("dcerpc.auth.type", p.Auth.Type.String()),
+		zap.String("dcerpc.auth.level", p.Auth.Level.String()),
+		zap.String("kmsproxy.auth_class", rpcparse.ClassifyAuth(p).String()),
+	}
+}
+
+func requestFields(s *session, p *rpcparse.PDU) []zap.Field {
+	f := []zap.Field{
+		zap.Uint16("dcerpc.context_id", p.Request.ContextID),
+		zap.Uint16("dcerpc.opnum", p.Request.Opnum),
+	}
+	s.mu.Lock()
+	ctx, ok := s.liveContext(p.Request.ContextID)
+	s.mu.Unlock()
+	if ok {
+		f = append(f,
+			zap.String("dcerpc.interface.uuid", ctx.iface.UUID.String()),
+			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(ctx.iface.UUID)),
+			zap.String("dcerpc.interface.version", versionString(ctx.iface)),
+		)
+	}
+	return append(f, authFields(p)...)
+}
+
+func versionString(s rpcparse.SyntaxID) string {
+	return itoa(int(s.Major)) + "." + itoa(int(s.Minor))
+}
+
+func itoa(n int) string {
+	var b [12]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
+		}
+	}
+}
+
+// ---- host side ----
+
+// hostLoop relays the host's PDUs to the client after checking they answer
+// something the client asked (rule 5 and 7).
+func (s *session) hostLoop() {
+	defer close(s.upstreamDone)
+	fr := rpcparse.NewFramer(countingReader{s.upstream, &s.hostBytes}, max(s.maxFrg, 5840))
+	var p rpcparse.PDU
+	var respStub []byte
+	for {
+		s.upstream.SetReadDeadline(time.Now().Add(s.runtime().Config.Limits.IdleTimeout))
+		frag, err := fr.Next()
+		if err != nil {
+			if !s.closed.Load() {
+				var ne net.Error
+				switch {
+				case errors.Is(err, io.EOF):
+					s.setReason("upstream-closed")
+				case errors.As(err, &ne) && ne.Timeout():
+					s.setReason(ReasonIdleTimeout)
+				default:
+					var pe *rpcparse.ParseError
+					if errors.As(err, &pe) {
+						s.violation("host", rpcparse.Reason(err), err, nil)
+					} else {
+						s.setReason("upstream-read-error")
+					}
+				}
+			}
+			s.abort("")
+			return
+		}
+		s.hostPDUs.Add(1)
+		if err := p.Parse(frag, 0); err != nil {
+			s.violation("host", rpcparse.Reason(err), err, &p)
+			s.abort("")
+			return
+		}
+		if reason := s.checkHostPDU(&p, &respStub); reason != "" {
+			s.violation("host", reason, nil, &p)
+			s.abort("")
+			return
+		}
+		if err := s.writeClient(frag); err != nil {
+			s.setReason("client-write-error")
+			s.abort("")
+			return
+		}
+		s.srv.metrics.Bytes.WithLabelValues("host_to_client").Add(float64(len(frag)))
+	}
+}
+
+// checkHostPDU updates the association from the host's answer and returns
+// a violation reason, or "".
+func (s *session) checkHostPDU(p *rpcparse.PDU, respStub *[]byte) string {
+	if !p.Type.FromServer() {
+		return ReasonHostWrongDirection
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch p.Type {
+	case rpcparse.PTypeBindAck, rpcparse.PTypeAlterContextResp:
+		want := rpcparse.PTypeBind
+		if p.Type == rpcparse.PTypeAlterContextResp {
+			want = rpcparse.PTypeAlterContext
+		}
+		if !s.pendValid || s.pendType != want || p.CallID != s.pendCall {
+			return ReasonUnexpectedResponse
+		}
+		if int(p.BindAck.NumResults) != len(s.pending) {
+			return ReasonResultCount
+		}
+		for i, item := range s.pending {
+			r := p.BindAck.Result(i)
+			if r.Result != rpcparse.ResultAcceptance {
+				continue
+			}
+			lc := liveContext{id: item.id, iface: item.iface, ndr64: rpcparse.ClassifyTransfer(r.Transfer) == rpcparse.TransferNDR64}
+			replaced := false
+			for j := range s.live {
+				if s.live[j].id == item.id {
+					s.live[j], replaced = lc, true
+				}
+			}
+			if !replaced {
+				s.live = append(s.live, lc)
+			}
+		}
+		s.clearPending()
+	case rpcparse.PTypeBindNak:
+		if !s.pendValid || s.pendType != rpcparse.PTypeBind || p.CallID != s.pendCall {
+			return ReasonUnexpectedResponse
+		}
+		s.clearPending()
+	case rpcparse.PTypeResponse, rpcparse.PTypeFault:
+		i := s.findCall(p.CallID)
+		if i < 0 {
+			if p.Type == rpcparse.PTypeFault && s.pendValid && p.CallID == s.pendCall {
+				s.clearPending() // host refused an alter_context
+				return ""
+			}
+			return ReasonUnexpectedResponse
+		}
+		c := &s.calls[i]
+		if c.kms != nil && p.Type == rpcparse.PTypeResponse {
+			if p.Flags&rpcparse.FlagFirstFrag != 0 {
+				*respStub = (*respStub)[:0]
+			}
+			if len(*respStub)+len(p.Response.Stub) <= s.runtime().Config.Limits.MaxCallBytes {
+				*respStub = append(*respStub, p.Response.Stub...)
+			}
+		}
+		if p.Type == rpcparse.PTypeFault || p.Flags&rpcparse.FlagLastFrag != 0 {
+			if c.kms != nil {
+				s.finishKMSCall(c, p, *respStub)
+			}
+			s.calls = append(s.calls[:i], s.calls[i+1:]...)
+		}
+	case rpcparse.PTypeShutdown:
+	}
+	return ""
+}
+
+// ---- lifetime ----
+
+func (s *session) setReason(r string) {
+	if r == "" {
+		return
+	}
+	s.closeReason.CompareAndSwap(nil, r)
+}
+
+// abort closes both sides once; blocked reads in either loop then return.
+func (s *session) abort(reason string) {
+	s.setReason(reason)
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.client.Close()
+		if s.upstream != nil {
+			s.upstream.Close()
+		}
+	})
+}
+
+// finish ends the session and emits its summary event.
+func (s *session) finish() {
+	s.abort("")
+	if s.upstreamDone != nil {
+		<-s.upstreamDone
+	}
+	s.mu.Lock()
+	pending := s.calls
+	s.calls = nil
+	s.mu.Unlock()
+	for i := range pending {
+		if pending[i].kms != nil {
+			s.finishKMSCall(&pending[i], nil, nil)
+		}
+	}
+	reason, _ := s.closeReason.Load().(string)
+	f := eventFields(ActionConnectionClosed, "success", "")
+	f = append(f,
+		zap.Duration("event.duration", time.Since(s.start)),
+		zap.Int64("source.bytes", s.clientBytes.Load()),
+		zap.Int64("destination.bytes", s.hostBytes.Load()),
+		zap.Int64("kmsproxy.client_pdus", s.clientPDUs.Load()),
+		zap.Int64("kmsproxy.host_pdus", s.hostPDUs.Load()),
+		zap.String("kmsproxy.close_reason", reason),
+	)
+	if s.upstreamAddr != "" {
+		f = append(f, zap.String("kmsproxy.upstream", s.upstreamAddr))
+	}
+	s.log.Info("connection closed", f...)
+}
+
+// countingReader counts bytes read from a connection.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}

@@ -1,0 +1,68 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/kmsproxy/kmsproxy/test/fixture"
+)
+
+// Sources used as distinct clients on loopback.
+const (
+	srcDMZ     = "127.0.0.2" // zone dmz: KMS allowed
+	srcOffice  = "127.0.0.3" // zone office-only
+	srcNowhere = "127.0.0.9" // in no zone
+)
+
+// baseConfig is the policy most tests run under. UPSTREAM is replaced by
+// the fixture host's address.
+const baseConfig = `
+listen: "127.0.0.1:1688" # tests bind their own listener
+upstreams: ["UPSTREAM"]
+zones:
+  dmz: ["127.0.0.2/32", "127.0.0.5/32", "127.0.0.6/32"]
+  office-only: ["127.0.0.3/32"]
+rules:
+  - name: dmz-activation
+    from: [dmz]
+    interface: kms
+    opnums: [0]
+    auth: [none]
+    kms:
+      versions: [4, 5, 6]
+      reject_malformed: true
+    action: allow
+  - name: office-activation
+    from: [office-only]
+    interface: kms
+    opnums: [0]
+    auth: [none]
+    kms:
+      applications: [office2013]
+    action: allow
+on_deny: reject
+limits:
+  max_call_bytes: 8192
+  connections_per_source: 4
+  handshake_timeout: 2s
+  idle_timeout: 2s
+  upstream_connect_timeout: 1s
+management: { listen: "127.0.0.1:0" }
+`
+
+type env = fixture.Env
+
+// startEnv starts a fixture host in mode and a proxy with cfgText.
+func startEnv(t *testing.T, mode fixture.Mode, cfgText string) *env {
+	t.Helper()
+	return fixture.StartEnv(t, mode, cfgText)
+}
+
+func startProxy(t *testing.T, host *fixture.Host, cfgText string) *env {
+	t.Helper()
+	return fixture.StartProxy(t, host, cfgText)
+}
+
+// settle gives in-flight bytes time to reach the fixture before asserting
+// that nothing did. Absence can only be checked after some wait.
+func settle() { time.Sleep(150 * time.Millisecond) }
