@@ -638,3 +638,27 @@ func TestImports(t *testing.T) {
 		}
 	}
 }
+
+func TestDecideAuth(t *testing.T) {
+	p, err := Compile(Spec{Zones: testZones, Rules: []RuleSpec{parseRule("ntlm-only allow from=dmz if=kms/1.0 op=0 auth=ntlm")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddr("192.0.2.7")
+	for _, c := range []struct {
+		auth rpcparse.AuthClass
+		want Verdict
+	}{
+		{rpcparse.AuthClassNTLM, Allow},
+		{rpcparse.AuthClassAnonymous, Deny}, // the NULL session shows only in AUTHENTICATE
+		{rpcparse.AuthClassNone, Deny},
+		{rpcparse.AuthClassKerberos, Deny},
+	} {
+		if d := p.DecideAuth(src, kmsSyn, c.auth); d.Verdict != c.want {
+			t.Errorf("auth %v: got %v (%s), want %v", c.auth, d.Verdict, d.Reason, c.want)
+		}
+	}
+	if d := (*Policy)(nil).DecideAuth(src, kmsSyn, rpcparse.AuthClassNTLM); d.Verdict != Deny {
+		t.Error("nil policy allowed")
+	}
+}

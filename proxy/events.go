@@ -47,7 +47,6 @@ const (
 	ReasonUnexpectedResponse    = "unexpected-response"
 	ReasonResultCount           = "result-count-mismatch"
 	ReasonBindPending           = "bind-pending"
-	ReasonAuthChanged           = "auth-changed"
 	ReasonHandshakeTimeout      = "handshake-timeout"
 	ReasonIdleTimeout           = "idle-timeout"
 	ReasonUpstreamUnreachable   = "upstream-unreachable"

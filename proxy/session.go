@@ -262,19 +262,32 @@ func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 }
 
 func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
+	// auth3 carries NTLM's last leg, the only place a NULL session shows:
+	// the association's new auth class must be allowed for every interface
+	// bound or being bound, or the handshake ends here.
 	class := rpcparse.ClassifyAuth(p)
 	s.mu.Lock()
-	prev := s.auth
-	s.mu.Unlock()
-	// auth3 completes the handshake the bind began; it may not turn an
-	// authenticated association anonymous or otherwise change its class.
-	if class != prev {
-		d := acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonAuthChanged}
-		s.refusalEvent(ActionRequestRefused, d, p, zap.String("dcerpc.auth.type", p.Auth.Type.String()),
-			zap.String("kmsproxy.auth_class", class.String()))
-		s.setReason(ReasonAuthChanged)
-		return false
+	ifaces := make([]rpcparse.SyntaxID, 0, len(s.live)+len(s.pending))
+	for _, c := range s.live {
+		ifaces = append(ifaces, c.iface)
 	}
+	for _, c := range s.pending {
+		ifaces = append(ifaces, c.iface)
+	}
+	s.mu.Unlock()
+	for _, iface := range ifaces {
+		d := rt.Policy.DecideAuth(s.src.Addr(), iface, class)
+		if d.Verdict != acl.Allow {
+			s.refusalEvent(ActionBindRefused, d, p, append(authFields(p),
+				zap.String("dcerpc.interface.uuid", iface.UUID.String()),
+				zap.String("dcerpc.interface.name", rpcparse.InterfaceName(iface.UUID)))...)
+			s.setReason(d.Reason)
+			return false // auth3 has no answer PDU: refusing is closing
+		}
+	}
+	s.mu.Lock()
+	s.auth = class
+	s.mu.Unlock()
 	return s.forward(frag)
 }
 

@@ -222,3 +222,33 @@ func TestReload(t *testing.T) {
 		t.Fatalf("host got %d PDUs, want 3 (nothing after the reload)", n)
 	}
 }
+
+// Where a zone may use NTLM, the NULL session still cannot: it shows only
+// in auth3's AUTHENTICATE, which is refused before it reaches the host.
+func TestNTLMNullSessionInAuth3(t *testing.T) {
+	cfg := strings.Replace(baseConfig, "auth: [none]", "auth: [ntlm]", 1)
+	for _, tc := range []struct {
+		user      string
+		forwarded bool
+	}{{"", false}, {"alice", true}} {
+		e := startEnv(t, fixture.Replay, cfg)
+		cl := e.Dial(srcDMZ)
+		neg := &rpcparse.AuthSpec{Type: rpcparse.AuthTypeNTLM, Level: 2, Credentials: ntlmNegotiate()}
+		cl.Send(bindPDU(le, rpcparse.PTypeBind, 2, neg, ctx(0, kmsIface)))
+		if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindAck {
+			t.Fatalf("NTLM bind got %v", p.Type)
+		}
+		auth := &rpcparse.AuthSpec{Type: rpcparse.AuthTypeNTLM, Level: 2, Credentials: ntlmAuthenticate(tc.user)}
+		cl.Send(rpcparse.AppendSimple(nil, rpcparse.PDUHead{Type: rpcparse.PTypeAuth3, Flags: whole, DataRep: le, CallID: 2}, make([]byte, 4), auth))
+		if tc.forwarded {
+			waitReceived(t, e.Host, 0, 2)
+			continue
+		}
+		cl.ExpectClosed(5 * time.Second)
+		settle()
+		if n := len(e.Host.Received()); n != 1 {
+			t.Fatalf("host got %d PDUs, want 1 (the bind only)", n)
+		}
+		e.WaitEvent("bind-refused", map[string]any{"event.reason": "auth-not-allowed", "kmsproxy.auth_class": "anonymous"})
+	}
+}
