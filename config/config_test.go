@@ -102,6 +102,7 @@ func TestBadFixtures(t *testing.T) {
 		{"duplicate-zone-case", "zones.dmz", "zone defined twice"},
 		{"only-deny", "rules", "no rule has action allow"},
 		{"kms-watch", "kms_watch.max_tracked", "must be 1..10000000, got 0"},
+		{"shadow-missing", "shadow.config", "cannot read testdata/no-such-candidate.yaml: no such file"},
 		{"wrong-type", "rules[0].opnums[0]", `cannot read "zero" as an integer`},
 	}
 	seen := map[string]bool{}

@@ -53,7 +53,6 @@ func (c *Config) WriteEffective(w io.Writer) error {
 		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			i, r.Name, strings.Join(r.From, ","), ifaceText(r), opnumText(r.Opnums), authText(r.Auth), kmsText(r.KMS), r.Action)
 	}
-	fmt.Fprintf(tw, "  -\t(no match)\t*\t*\t*\t*\t-\t→ deny\n")
 	tw.Flush()
 	p("(no match) → deny\n")
 	return ew.err

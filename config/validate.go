@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -80,8 +81,12 @@ func validate(cfg *Config, dupZones []string) []Problem {
 	if s := cfg.Shadow.Config; s != "" && !filepath.IsAbs(s) && cfg.Path != "" {
 		cfg.Shadow.Config = filepath.Join(filepath.Dir(cfg.Path), s)
 	}
-	if cfg.Shadow.Config != "" && cfg.Path != "" && filepath.Clean(cfg.Shadow.Config) == filepath.Clean(cfg.Path) {
-		ps.add("shadow.config", "the shadow policy cannot be the live config itself")
+	if sc := cfg.Shadow.Config; sc != "" {
+		if st, err := os.Stat(sc); err != nil {
+			ps.add("shadow.config", "cannot read %s: %v", sc, errors.Unwrap(err))
+		} else if st.IsDir() {
+			ps.add("shadow.config", "%s is a directory", sc)
+		}
 	}
 
 	checkDuration(&ps, "kms_watch.duplicate_window", cfg.KMSWatch.DuplicateWindow, 30*24*time.Hour)
