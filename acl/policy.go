@@ -405,76 +405,76 @@ func (p *Policy) DecideBind(src netip.Addr, pdu *rpcparse.PDU) Decision {
 	if pdu == nil || (pdu.Type != rpcparse.PTypeBind && pdu.Type != rpcparse.PTypeAlterContext) {
 		return refuse(ReasonNotBind)
 	}
-	if d, ok := p.checkBindShape(&pdu.Bind); !ok {
-		return d
-	}
-	z := p.zonesOf(src)
-	auth := rpcparse.ClassifyAuth(pdu)
-	var first Decision
-	it := pdu.Bind.Contexts()
-	for n := 0; it.Next(); n++ {
-		d := p.match(z, it.Context().Abstract, auth, 0, true)
-		if !d.Allowed() {
-			return d
-		}
-		if n == 0 {
-			first = d
-		}
-	}
-	return first
-}
-
-// checkBindShape checks what does not depend on the source. MS-RPCE
-// 3.3.1.5.3: at most one BTFN item, alone in its item, repeating the
-// previous item's abstract syntax.
-func (p *Policy) checkBindShape(b *rpcparse.Bind) (Decision, bool) {
-	n := int(b.NumContexts)
+	n := int(pdu.Bind.NumContexts)
 	switch {
 	case n == 0:
-		return refuse(ReasonNoContexts), false
+		return refuse(ReasonNoContexts)
 	case n > p.maxContexts:
-		return refuse(ReasonTooManyContexts), false
+		return refuse(ReasonTooManyContexts)
 	}
-	var ids [maxContextsLimit]uint16
-	var prev rpcparse.SyntaxID
-	seenBTFN := false
-	count := 0
-	it := b.Contexts()
+	// One walk over the items. Shape problems win over policy ones, so the
+	// first policy refusal is kept until the walk has checked every item.
+	z := p.zonesOf(src)
+	auth := rpcparse.ClassifyAuth(pdu)
+	var (
+		ids      [maxContextsLimit]uint16
+		prev     rpcparse.SyntaxID
+		seenBTFN bool
+		count    int
+		verdict  Decision // the first context's allow, or the first refusal
+		refused  bool
+	)
+	it := pdu.Bind.Contexts()
 	for it.Next() {
 		if count == n {
-			return refuse(ReasonMalformedBind), false // more items than n_context_elem
+			return refuse(ReasonMalformedBind) // more items than n_context_elem
 		}
 		c := it.Context()
 		if slices.Contains(ids[:count], c.ID) {
-			return refuse(ReasonDuplicateContextID), false
+			return refuse(ReasonDuplicateContextID)
 		}
 		ids[count] = c.ID
-		if c.NumTransfer == 0 {
-			return refuse(ReasonBadTransferSyntax), false
+		reason, btfn := transferProblem(c, count, prev, seenBTFN)
+		if reason != "" {
+			return refuse(reason)
 		}
-		btfn := false
-		for i := 0; i < int(c.NumTransfer); i++ {
-			switch rpcparse.ClassifyTransfer(c.Transfer(i)) {
-			case rpcparse.TransferNDR20, rpcparse.TransferNDR64:
-			case rpcparse.TransferBTFN:
-				btfn = true
-			default:
-				return refuse(ReasonBadTransferSyntax), false
+		seenBTFN = seenBTFN || btfn
+		if !refused {
+			if d := p.match(z, c.Abstract, auth, 0, true); !d.Allowed() {
+				verdict, refused = d, true
+			} else if count == 0 {
+				verdict = d
 			}
-		}
-		if btfn {
-			if seenBTFN || c.NumTransfer != 1 || count == 0 || c.Abstract != prev {
-				return refuse(ReasonBTFNMisplaced), false
-			}
-			seenBTFN = true
 		}
 		prev = c.Abstract
 		count++
 	}
 	if count != n {
-		return refuse(ReasonMalformedBind), false
+		return refuse(ReasonMalformedBind)
 	}
-	return Decision{}, true
+	return verdict
+}
+
+// transferProblem checks one item's transfer syntaxes: NDR 2.0, NDR64 or
+// BTFN only, and MS-RPCE 3.3.1.5.3's BTFN placement (at most one BTFN item,
+// alone in its item, repeating the previous item's abstract syntax).
+func transferProblem(c *rpcparse.ContextElem, index int, prev rpcparse.SyntaxID, seenBTFN bool) (reason string, btfn bool) {
+	if c.NumTransfer == 0 {
+		return ReasonBadTransferSyntax, false
+	}
+	for i := 0; i < int(c.NumTransfer); i++ {
+		switch rpcparse.ClassifyTransfer(c.Transfer(i)) {
+		case rpcparse.TransferNDR20, rpcparse.TransferNDR64:
+		case rpcparse.TransferBTFN:
+			btfn = true
+		default:
+			return ReasonBadTransferSyntax, false
+		}
+	}
+	if btfn && (seenBTFN || c.NumTransfer != 1 || index == 0 || c.Abstract != prev) {
+		return ReasonBTFNMisplaced, true
+	}
+	return "", btfn
 }
 
 // HasKMSPolicy reports whether the rule at ruleIndex has a kms: block, so the
