@@ -168,8 +168,9 @@ func looksLikeText(br *bufio.Reader) bool {
 	return true
 }
 
-// frame cuts one direction's reassembled bytes into PDU records. at gives
-// the frame, time and stream offset bookkeeping for the PDU ending at end.
+// frameStream cuts one direction's bytes into PDUs with rpcparse.Split,
+// calling emit for each [off, end) and once, with an error, for a tail
+// that does not frame.
 func frameStream(stream []byte, maxFrag int, emit func(off, end int, err error)) {
 	off := 0
 	for off < len(stream) {
