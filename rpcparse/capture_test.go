@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,5 +60,17 @@ func TestCapturesParseAndReencode(t *testing.T) {
 				t.Fatalf("%s PDU %d: re-encode differs\n got %x\nwant %x", filepath.Base(file), i, got, frag)
 			}
 		}
+	}
+}
+
+func TestReasonFollowsMultiWrap(t *testing.T) {
+	var p PDU
+	err := p.Parse([]byte{4, 0, 0, 3, 0x10, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0}, 0)
+	if got := Reason(err); got != "bad-rpc-version" {
+		t.Fatalf("Reason = %q", got)
+	}
+	wrapped := fmt.Errorf("%w: %w", errors.New("outer"), err)
+	if got := Reason(wrapped); got != "bad-rpc-version" {
+		t.Fatalf("Reason of a multi-%%w error = %q", got)
 	}
 }

@@ -47,9 +47,19 @@ var reasons = map[error]string{
 
 // Reason returns the stable reason token for err's failure class, or
 // "malformed" when err wraps none of this package's sentinels.
+// It follows every wrapping, including multi-%w errors.
 func Reason(err error) string {
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if r, ok := reasons[e]; ok {
+	if err == nil {
+		return "malformed"
+	}
+	var pe *ParseError
+	if errors.As(err, &pe) {
+		if r, ok := reasons[pe.Err]; ok {
+			return r
+		}
+	}
+	for class, r := range reasons {
+		if errors.Is(err, class) {
 			return r
 		}
 	}
