@@ -173,14 +173,26 @@ func isTemporaryAccept(err error) bool {
 }
 
 // admit applies the accept-time checks (DESIGN rule 1 and the connection
-// limits) before any byte is read or any upstream is dialled.
+// limits) before any byte is read or any upstream is dialled. A trusted
+// load balancer's connection is admitted, in its own goroutine, once its
+// PROXY header said whose connection it is (proxyproto.go).
 func (s *Server) admit(c net.Conn) {
 	rt := s.rt.Load()
 	src := addrPort(c.RemoteAddr())
 	dst := addrPort(c.LocalAddr())
+	if isTrustedProxy(rt.Config.ProxyProtocol.TrustedPrefixes, src.Addr()) {
+		go s.admitProxied(c, src, dst)
+		return
+	}
+	s.admitFrom(rt, &sniffConn{Conn: c}, src, dst)
+}
+
+// admitFrom admits c as a connection from src to dst; extra fields go on
+// every event of the connection.
+func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, extra ...zap.Field) {
 	id := s.nextID.Add(1)
 	zone := rt.Policy.Zone(src.Addr())
-	log := s.log.With(connFields(id, src, dst, zone)...)
+	log := s.log.With(append(connFields(id, src, dst, zone), extra...)...)
 
 	refuse := func(reason, rule string) {
 		f := eventFields(ActionConnectionRefused, "failure", reason)

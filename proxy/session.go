@@ -159,6 +159,8 @@ func (s *session) clientReadError(err error) {
 		}
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		s.setReason("client-eof-mid-pdu")
+	case errors.Is(err, ErrUntrustedProxyHeader):
+		s.violation("client", ReasonProxyHeader, err, nil)
 	default:
 		var pe *rpcparse.ParseError
 		if errors.As(err, &pe) {
