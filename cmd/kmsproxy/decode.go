@@ -28,7 +28,7 @@ per PDU on stdout. Bytes that do not frame as a PDU are printed as objects
 with an "error" field. Exit status 1 when the file cannot be read.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runDecode(cmd.OutOrStdout(), args[0], capture.Options{Port: port})
+			return runDecode(cmd.OutOrStdout(), args[0], capture.Options{Port: port, StubDecoder: capture.NewKMSDecoder()})
 		},
 	}
 	cmd.Flags().Uint16Var(&port, "port", 0, "only decode TCP connections with this port on either side")

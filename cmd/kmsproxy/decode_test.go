@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -40,7 +41,7 @@ func pduView(m map[string]any) map[string]any {
 	v := map[string]any{}
 	for k, x := range m {
 		switch k {
-		case "stream", "frame", "line", "time", "src", "dst", "offset":
+		case "stream", "frame", "line", "time", "src", "dst", "offset", "kms": // kms: a lone .s2c file has no requests to pair replies with
 			continue
 		}
 		v[k] = x
@@ -131,4 +132,93 @@ func TestDecodeUnreadable(t *testing.T) {
 	if _, err := decodeCLI(t); err == nil {
 		t.Fatal("decode without a file accepted")
 	}
+}
+
+// expectedValues returns every value printed for label in an expected.txt.
+func expectedValues(t *testing.T, path, label string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(k) == label {
+			out = append(out, strings.Fields(strings.TrimSpace(v))[0])
+		}
+	}
+	return out
+}
+
+// TestDecodeKMSFields: decode shows, for every activation call in every
+// capture, the request and reply fields the client itself printed.
+func TestDecodeKMSFields(t *testing.T) {
+	pcaps, _ := filepath.Glob(filepath.Join(sharedKMS, "*.pcap"))
+	if len(pcaps) == 0 {
+		t.Fatal("no captures")
+	}
+	for _, f := range pcaps {
+		name := strings.TrimSuffix(f, ".pcap")
+		expected := name + ".expected.txt"
+		objs, err := decodeCLI(t, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var reqs, resps []map[string]any
+		for _, o := range objs {
+			k, ok := o["kms"].(map[string]any)
+			if !ok {
+				continue
+			}
+			if o["ptype"] == "request" {
+				reqs = append(reqs, k)
+			} else {
+				resps = append(resps, k)
+			}
+		}
+		cmids := expectedValues(t, expected, "Client machine ID")
+		if len(reqs) == 0 || len(reqs) != len(resps) {
+			t.Fatalf("%s: %d KMS requests, %d replies", filepath.Base(f), len(reqs), len(resps))
+		}
+		for i, r := range reqs {
+			if !slicesContains(cmids, r["client_machine_id"]) {
+				t.Errorf("%s: request %d CMID %v not in %v", filepath.Base(f), i, r["client_machine_id"], cmids)
+			}
+			if ws := expectedValues(t, expected, "Workstation name"); len(ws) == 0 || r["workstation"] != ws[0] {
+				t.Errorf("%s: workstation %v, want %v", filepath.Base(f), r["workstation"], ws)
+			}
+		}
+		epids := expectedValues(t, expected, "KMS host extended PID")
+		counts := expectedValues(t, expected, "KMS host current active clients")
+		for i, r := range resps {
+			if len(epids) == 0 { // the refusal capture: no reply body, only the HRESULT
+				if s, _ := r["status"].(string); !strings.HasPrefix(s, "0xc004f042") {
+					t.Errorf("%s: status %v, want 0xc004f042", filepath.Base(f), r["status"])
+				}
+				continue
+			}
+			if r["epid"] != epids[i] || r["current_count"] != mustFloat(counts[i]) || r["reply_verified"] != true {
+				t.Errorf("%s: reply %d = %v, want epid %s count %s verified", filepath.Base(f), i, r, epids[i], counts[i])
+			}
+		}
+	}
+}
+
+func slicesContains(ss []string, v any) bool {
+	for _, s := range ss {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+func mustFloat(s string) float64 {
+	var f float64
+	_, err := fmt.Sscan(s, &f)
+	if err != nil {
+		panic(err)
+	}
+	return f
 }
