@@ -135,10 +135,17 @@ func ClassifyAuth(p *PDU) AuthClass {
 		}
 		return AuthClassNTLM
 	case AuthTypeSPNEGO:
-		if i := bytes.Index(p.Auth.Credentials, ntlmSignature); i >= 0 {
-			if m, ok := ParseNTLM(p.Auth.Credentials[i:]); ok && m.Anonymous {
+		// Look at every embedded NTLMSSP message, not just the first: a decoy
+		// token in an earlier DER field must not hide a NULL session.
+		for c := p.Auth.Credentials; ; {
+			i := bytes.Index(c, ntlmSignature)
+			if i < 0 {
+				break
+			}
+			if m, ok := ParseNTLM(c[i:]); ok && m.Anonymous {
 				return AuthClassAnonymous
 			}
+			c = c[i+len(ntlmSignature):]
 		}
 		return AuthClassNegotiate
 	case AuthTypeKerberos, AuthTypeKRB5:
