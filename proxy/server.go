@@ -56,6 +56,7 @@ type Server struct {
 	lastDialOK atomic.Int64 // unix nanoseconds of the last successful upstream dial
 	rate       *rateLimiter
 	watch      *kmsWatch
+	parking    parker
 
 	mu        sync.Mutex
 	active    int
@@ -192,14 +193,17 @@ func (s *Server) admit(c net.Conn) {
 func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, extra ...zap.Field) {
 	id := s.nextID.Add(1)
 	zone := rt.Policy.Zone(src.Addr())
-	log := s.log.With(append(connFields(id, src, dst, zone), extra...)...)
+	// The connection's fields go on each event; a logger holding them is
+	// made only when the session starts reading, so refused and parked
+	// connections cost no encoder clone.
+	fields := append(connFields(id, src, dst, zone), extra...)
 
 	refuse := func(reason, rule string) {
-		f := eventFields(ActionConnectionRefused, "failure", reason)
+		f := append(fields, eventFields(ActionConnectionRefused, "failure", reason)...)
 		if rule != "" {
 			f = append(f, zap.String("rule.name", rule))
 		}
-		log.Info("connection refused", f...)
+		s.log.Info("connection refused", f...)
 		s.metrics.Connections.WithLabelValues(zoneLabel(zone), "refused").Inc()
 		s.metrics.Decisions.WithLabelValues(ActionConnectionRefused, reason).Inc()
 		// Close with RST-less FIN: nothing has been read.
@@ -228,14 +232,25 @@ func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, ext
 	}
 	s.active++
 	s.perSource[src.Addr()]++
-	sess := newSession(s, c, id, src, dst, zone, log)
+	sess := newSession(s, c, id, src, dst, zone, fields)
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 
 	s.metrics.Connections.WithLabelValues(zoneLabel(zone), "accepted").Inc()
 	s.metrics.ConnectionsActive.Inc()
-	log.Info("connection accepted", eventFields(ActionConnectionAccepted, "success", "")...)
+	s.log.Info("connection accepted", append(fields, eventFields(ActionConnectionAccepted, "success", "")...)...)
+	s.start(sess)
+}
+
+// start runs a session's client loop. A connection that has sent nothing
+// yet is parked instead (park_linux.go): one epoll registration and no
+// goroutine or buffer until its first bytes arrive or its handshake
+// deadline passes, so idle connections cost about what the kernel socket does.
+func (s *Server) start(sess *session) {
+	if s.park(sess) {
+		return
+	}
 	go sess.run()
 }
 
@@ -269,6 +284,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
+	s.unparkAll()
 	s.mu.Lock()
 	for sess := range s.sessions {
 		sess.abort(ReasonShutdown)

@@ -65,7 +65,8 @@ type session struct {
 	src    netip.AddrPort
 	dst    netip.AddrPort
 	zone   string
-	log    *zap.Logger
+	fields []zap.Field  // connection fields, until run makes log from them
+	log    *zap.Logger  // nil until run
 	start  time.Time
 
 	upstream     net.Conn
@@ -99,9 +100,9 @@ type session struct {
 	calls     []call
 }
 
-func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, log *zap.Logger) *session {
+func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, fields []zap.Field) *session {
 	return &session{
-		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, log: log,
+		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, fields: fields,
 		start: time.Now(), drep: rpcparse.LittleEndianDataRep,
 	}
 }
@@ -111,12 +112,16 @@ func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
 // run is the client loop: frame, parse, decide, forward. It owns the
 // session's lifetime.
 func (s *session) run() {
+	s.log = s.srv.log.With(s.fields...)
+	s.fields = nil
 	defer s.srv.release(s)
 	defer s.finish()
 	rt := s.runtime()
 	s.maxFrg = rt.Config.Limits.MaxFragment
-	fr := rpcparse.NewFramer(countingReader{s.client, &s.clientBytes}, s.maxFrg)
-	handshakeDeadline := time.Now().Add(rt.Config.Limits.HandshakeTimeout)
+	buf := getBuffer(s.maxFrg)
+	defer putBuffer(buf)
+	fr := rpcparse.NewFramerBuffer(countingReader{s.client, &s.clientBytes}, *buf)
+	handshakeDeadline := s.start.Add(rt.Config.Limits.HandshakeTimeout) // parking time counts
 	for {
 		if s.bound {
 			s.client.SetReadDeadline(time.Now().Add(rt.Config.Limits.IdleTimeout))
@@ -663,7 +668,9 @@ func itoa(n int) string {
 // something the client asked (rule 5 and 7).
 func (s *session) hostLoop() {
 	defer close(s.upstreamDone)
-	fr := rpcparse.NewFramer(countingReader{s.upstream, &s.hostBytes}, max(s.maxFrg, 5840))
+	buf := getBuffer(max(s.maxFrg, 5840))
+	defer putBuffer(buf)
+	fr := rpcparse.NewFramerBuffer(countingReader{s.upstream, &s.hostBytes}, *buf)
 	var p rpcparse.PDU
 	var respStub []byte
 	for {

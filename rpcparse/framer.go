@@ -31,6 +31,15 @@ func NewFramer(r io.Reader, maxFrag int) *Framer {
 	return &Framer{r: r, maxFrag: maxFrag}
 }
 
+// NewFramerBuffer is NewFramer with a caller-owned buffer, e.g. from a
+// pool; its length is the fragment bound (at most 65535 is used).
+func NewFramerBuffer(r io.Reader, buf []byte) *Framer {
+	if len(buf) > MaxFragmentLimit {
+		buf = buf[:MaxFragmentLimit]
+	}
+	return &Framer{r: r, buf: buf, maxFrag: len(buf)}
+}
+
 // Reset points the framer at a new reader, dropping any buffered bytes but
 // keeping its buffer.
 func (f *Framer) Reset(r io.Reader) {
@@ -49,7 +58,9 @@ func (f *Framer) Header() Header { return f.last }
 // error wrapping io.ErrUnexpectedEOF. Header violations are *ParseError.
 func (f *Framer) Next() ([]byte, error) {
 	if f.buf == nil {
-		f.buf = make([]byte, f.maxFrag)
+		// At least a header's worth, so that a tiny limit still reads a
+		// header to refuse instead of spinning on a zero-length Read.
+		f.buf = make([]byte, max(f.maxFrag, HeaderLen))
 	}
 	if err := f.fill(HeaderLen); err != nil {
 		return nil, err
@@ -68,6 +79,9 @@ func (f *Framer) Next() ([]byte, error) {
 	return frag, nil
 }
 
+// maxEmptyReads bounds consecutive (0, nil) reads, as bufio does.
+const maxEmptyReads = 100
+
 // fill makes sure n bytes are buffered from f.start, reading as needed.
 func (f *Framer) fill(n int) error {
 	if f.end-f.start >= n {
@@ -80,9 +94,17 @@ func (f *Framer) fill(n int) error {
 		f.end = copy(f.buf, f.buf[f.start:f.end])
 		f.start = 0
 	}
-	for f.end-f.start < n {
+	for empty := 0; f.end-f.start < n; {
 		m, err := f.r.Read(f.buf[f.end:])
 		f.end += m
+		if m == 0 && err == nil {
+			// A reader that keeps returning (0, nil) would spin us forever.
+			if empty++; empty >= maxEmptyReads {
+				return io.ErrNoProgress
+			}
+			continue
+		}
+		empty = 0
 		if err != nil {
 			if f.end-f.start >= n {
 				return nil

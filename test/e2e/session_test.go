@@ -102,7 +102,18 @@ func TestSlowClientsAndPerSourceCap(t *testing.T) {
 	e := startEnv(t, fixture.Replay, cfg)
 
 	silent := e.Dial(srcDMZ)
+	// A connection that has sent nothing holds no goroutine: it is parked.
+	deadline := time.Now().Add(2 * time.Second)
+	for e.Srv.Parked() != 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := e.Srv.Parked(); n != 1 {
+		t.Fatalf("parked connections = %d, want 1", n)
+	}
 	silent.ExpectClosed(5 * time.Second)
+	if n := e.Srv.Parked(); n != 0 {
+		t.Fatalf("parked connections after the handshake timeout = %d, want 0", n)
+	}
 	e.WaitEvent("connection-closed", map[string]any{"kmsproxy.close_reason": "handshake-timeout"})
 
 	// Dripping a bind one byte at a time does not extend the deadline.

@@ -1,0 +1,137 @@
+//go:build linux
+
+package proxy
+
+import (
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// parker holds connections that have sent nothing yet in one epoll set,
+// instead of a goroutine and a read buffer each: a DMZ scanner or a
+// slow-connect flood then costs a socket and a map entry per connection.
+// A connection leaves the set when it becomes readable (or hangs up) or
+// when its handshake deadline passes; either way its session starts and
+// finds out which.
+type parker struct {
+	once    sync.Once
+	epfd    int
+	err     error
+	mu      sync.Mutex
+	waiting map[int32]*session
+}
+
+// parkSweep is how often handshake deadlines of parked connections are
+// checked; a deadline fires at most this late.
+const parkSweep = 100 * time.Millisecond
+
+func (s *Server) park(sess *session) bool {
+	p := &s.parking
+	p.once.Do(func() {
+		p.epfd, p.err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if p.err == nil {
+			p.waiting = make(map[int32]*session)
+			go s.parkLoop()
+		}
+	})
+	if p.err != nil {
+		return false
+	}
+	sc, ok := sess.client.(*sniffConn)
+	if !ok {
+		return false // PROXY protocol connections may already hold bytes
+	}
+	raw, ok := sc.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := raw.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd := int32(-1)
+	rc.Control(func(f uintptr) { fd = int32(f) })
+	if fd < 0 {
+		return false
+	}
+	p.mu.Lock()
+	p.waiting[fd] = sess
+	p.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: fd}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+		p.mu.Lock()
+		delete(p.waiting, fd)
+		p.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// parkLoop starts the session of every parked connection that became
+// readable, and of every one whose handshake deadline passed.
+func (s *Server) parkLoop() {
+	p := &s.parking
+	events := make([]unix.EpollEvent, 256)
+	lastSweep := time.Now()
+	for {
+		n, err := unix.EpollWait(p.epfd, events, int(parkSweep/time.Millisecond))
+		if err != nil && err != unix.EINTR {
+			time.Sleep(parkSweep)
+		}
+		for i := 0; i < n; i++ {
+			s.unpark(events[i].Fd)
+		}
+		if now := time.Now(); now.Sub(lastSweep) >= parkSweep {
+			lastSweep = now
+			var due []int32
+			p.mu.Lock()
+			for fd, sess := range p.waiting {
+				if now.Sub(sess.start) >= s.rt.Load().Config.Limits.HandshakeTimeout {
+					due = append(due, fd)
+				}
+			}
+			p.mu.Unlock()
+			for _, fd := range due {
+				s.unpark(fd)
+			}
+		}
+	}
+}
+
+func (s *Server) unpark(fd int32) {
+	p := &s.parking
+	p.mu.Lock()
+	sess := p.waiting[fd]
+	delete(p.waiting, fd)
+	p.mu.Unlock()
+	if sess == nil {
+		return
+	}
+	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+	go sess.run()
+}
+
+// unparkAll starts every parked session, so that shutdown can end them.
+func (s *Server) unparkAll() {
+	p := &s.parking
+	p.mu.Lock()
+	fds := make([]int32, 0, len(p.waiting))
+	for fd := range p.waiting {
+		fds = append(fds, fd)
+	}
+	p.mu.Unlock()
+	for _, fd := range fds {
+		s.unpark(fd)
+	}
+}
+
+// Parked returns how many connections are parked (metrics, tests).
+func (s *Server) Parked() int {
+	p := &s.parking
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.waiting)
+}
