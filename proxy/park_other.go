@@ -6,7 +6,7 @@ package proxy
 type parker struct{}
 
 func (s *Server) park(*session) bool { return false }
-func (s *Server) unparkAll()          {}
+func (s *Server) unparkAll()         {}
 
 // Parked returns how many connections are parked: none on this platform.
 func (s *Server) Parked() int { return 0 }

@@ -65,8 +65,8 @@ type session struct {
 	src    netip.AddrPort
 	dst    netip.AddrPort
 	zone   string
-	fields []zap.Field  // connection fields, until run makes log from them
-	log    *zap.Logger  // nil until run
+	fields []zap.Field // connection fields, until run makes log from them
+	log    *zap.Logger // nil until run
 	start  time.Time
 
 	upstream     net.Conn
