@@ -1,0 +1,441 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+var testTime = time.Date(2025, 3, 9, 14, 7, 5, 123456789, time.FixedZone("CET", 3600))
+
+func testFormatter(cef bool) *syslogFormatter {
+	return &syslogFormatter{facility: 16, hostname: "gw1", procID: "4242", cef: cef, version: "1.2.3", max: MaxSyslogMessage}
+}
+
+const refusalJSON = `{"log.level":"info","@timestamp":"2025-03-09T14:07:05.123+0100","message":"bind-refused",` +
+	`"event.kind":"event","event.category":["network"],"event.type":["protocol","denied"],"event.action":"bind-refused",` +
+	`"event.outcome":"failure","event.reason":"interface-not-allowed","source.ip":"192.0.2.7","source.port":50123,` +
+	`"destination.ip":"192.0.2.1","destination.port":1688,"network.transport":"tcp","network.protocol":"dcerpc",` +
+	`"network.community_id":"1:abc=","rule.name":"we\"ird]\\rule","kmsproxy.zone":"dmz","kmsproxy.connection_id":7,` +
+	`"dcerpc.interface.name":"samr","dcerpc.opnum":0}`
+
+func TestRFC5424Message(t *testing.T) {
+	e := syslogEntry{level: zapcore.InfoLevel, time: testTime, json: []byte(refusalJSON)}
+	got := string(testFormatter(false).format(nil, &e, false))
+	want := `<134>1 2025-03-09T13:07:05.123456Z gw1 kmsproxy 4242 bind-refused [kmsproxy@32473` +
+		` event.action="bind-refused" event.outcome="failure" event.reason="interface-not-allowed" event.kind="event"` +
+		` source.ip="192.0.2.7" source.port="50123" destination.ip="192.0.2.1" destination.port="1688"` +
+		` network.transport="tcp" network.protocol="dcerpc" network.community_id="1:abc="` +
+		` rule.name="we\"ird\]\\rule" kmsproxy.zone="dmz" kmsproxy.connection_id="7"` +
+		` dcerpc.interface.name="samr" dcerpc.opnum="0"] ` + refusalJSON
+	if got != want {
+		t.Fatalf("message\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestRFC5424NoActionNoFields(t *testing.T) {
+	e := syslogEntry{level: zapcore.ErrorLevel, time: testTime, json: []byte(`{"message":"hello"}`)}
+	got := string(testFormatter(false).format(nil, &e, false))
+	if want := `<131>1 2025-03-09T13:07:05.123456Z gw1 kmsproxy 4242 - - {"message":"hello"}`; got != want {
+		t.Fatalf("got %s\nwant %s", got, want)
+	}
+}
+
+func TestSeverityAndPRI(t *testing.T) {
+	for _, c := range []struct {
+		l   zapcore.Level
+		pri string
+	}{
+		{zapcore.DebugLevel, "<135>"}, {zapcore.InfoLevel, "<134>"}, {zapcore.WarnLevel, "<132>"},
+		{zapcore.ErrorLevel, "<131>"}, {zapcore.DPanicLevel, "<130>"}, {zapcore.FatalLevel, "<130>"},
+	} {
+		e := syslogEntry{level: c.l, time: testTime, json: []byte(`{}`)}
+		if got := string(testFormatter(false).format(nil, &e, false)); !strings.HasPrefix(got, c.pri+"1 ") {
+			t.Errorf("%v: %s, want PRI %s", c.l, got, c.pri)
+		}
+	}
+}
+
+func TestSDValueEscaping(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{`plain`, `plain`},
+		{`a"b`, `a\"b`},
+		{`a\b`, `a\\b`},
+		{`a]b`, `a\]b`},
+		{`[x]`, `[x\]`}, // '[' needs no escape (RFC 5424 6.3.3)
+		{`\"]`, `\\\"\]`},
+		{"ünï", "ünï"},
+	} {
+		if got := string(appendSDValue(nil, c.in)); got != c.want {
+			t.Errorf("%q: got %q, want %q", c.in, got, c.want)
+		}
+	}
+	long := strings.Repeat("é", maxSDValue) // 2 bytes each
+	if got := appendSDValue(nil, long); len(got) > maxSDValue || !utf8.Valid(got) {
+		t.Errorf("long value: %d bytes, valid %v", len(got), utf8.Valid(got))
+	}
+}
+
+func TestHeaderTokens(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"", 32, "-"}, {"kms-activation", 32, "kms-activation"}, {"a b\tc", 32, "a_b_c"},
+		{strings.Repeat("x", 40), 32, strings.Repeat("x", 32)}, {"hôst", 255, "h__st"},
+	} {
+		if got := headerToken(c.in, c.n); got != c.want {
+			t.Errorf("headerToken(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestOctetCounting(t *testing.T) {
+	msgs := []string{"<134>1 - - - - - - a", "", "x y z ü", strings.Repeat("m", 70000)}
+	var stream []byte
+	for _, m := range msgs {
+		stream = appendOctetCounted(stream, []byte(m))
+	}
+	if !strings.HasPrefix(string(stream), "20 <134>1 ") {
+		t.Fatalf("frame starts %q", stream[:12])
+	}
+	r := bufio.NewReader(strings.NewReader(string(stream)))
+	for i, want := range msgs {
+		got, err := readOctetFrame(r)
+		if err != nil || got != want {
+			t.Fatalf("frame %d: %v, %d bytes, want %d", i, err, len(got), len(want))
+		}
+	}
+	if _, err := readOctetFrame(r); err != io.EOF {
+		t.Fatalf("trailing bytes: %v", err)
+	}
+}
+
+// readOctetFrame is an independent RFC 6587 3.4.1 reader.
+func readOctetFrame(r *bufio.Reader) (string, error) {
+	n, err := r.ReadString(' ')
+	if err != nil {
+		return "", err
+	}
+	size, err := strconv.Atoi(strings.TrimSuffix(n, " "))
+	if err != nil {
+		return "", err
+	}
+	b := make([]byte, size)
+	_, err = io.ReadFull(r, b)
+	return string(b), err
+}
+
+func TestOversizedMessageIsCutAtRuneBoundary(t *testing.T) {
+	big := `{"event.action":"config-reload-failed","message":"` + strings.Repeat("€", 30000) + `"}`
+	e := syslogEntry{level: zapcore.ErrorLevel, time: testTime, json: []byte(big)}
+	f := testFormatter(false)
+	udp := f.format(nil, &e, false)
+	if len(udp) > MaxSyslogMessage || !utf8.Valid(udp) {
+		t.Fatalf("datagram %d bytes (max %d), valid UTF-8 %v", len(udp), MaxSyslogMessage, utf8.Valid(udp))
+	}
+	if len(udp) < MaxSyslogMessage-3 {
+		t.Fatalf("cut too early: %d bytes", len(udp))
+	}
+	if !strings.Contains(string(udp), ` kmsproxy.truncated="true"]`) {
+		t.Fatalf("no truncation mark: %s", udp[:200])
+	}
+	framed := string(f.format(nil, &e, true))
+	if want := strconv.Itoa(len(udp)) + " " + string(udp); framed != want {
+		t.Fatal("framed message is not the octet-counted datagram")
+	}
+	for _, c := range []struct {
+		in   string
+		n    int
+		want string
+	}{{"abc", 5, "abc"}, {"abc", 2, "ab"}, {"a€", 3, "a"}, {"a€", 4, "a€"}, {"😀", 3, ""}, {"ab", 0, ""}} {
+		if got := string(truncateUTF8([]byte(c.in), c.n)); got != c.want {
+			t.Errorf("truncateUTF8(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
+		}
+	}
+}
+
+func TestCEFMessage(t *testing.T) {
+	e := syslogEntry{level: zapcore.InfoLevel, time: testTime, json: []byte(refusalJSON)}
+	got := string(testFormatter(true).format(nil, &e, false))
+	want := `<134>1 2025-03-09T13:07:05.123456Z gw1 kmsproxy 4242 bind-refused - ` +
+		`CEF:0|kmsproxy|kmsproxy|1.2.3|bind-refused|bind-refused|5|rt=1741525625123 dvchost=gw1` +
+		` src=192.0.2.7 spt=50123 dst=192.0.2.1 dpt=1688 proto=TCP app=dcerpc act=bind-refused outcome=failure` +
+		` reason=interface-not-allowed cat=event cs1=we"ird]\\rule cs1Label=rule.name cs2=dmz cs2Label=kmsproxy.zone` +
+		` cs3=samr cs3Label=dcerpc.interface.name cs4=1:abc\= cs4Label=network.community_id` +
+		` cn1=0 cn1Label=dcerpc.opnum cn2=7 cn2Label=kmsproxy.connection_id`
+	if got != want {
+		t.Fatalf("CEF\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestCEFEscaping(t *testing.T) {
+	for _, c := range []struct{ in, header, ext string }{
+		{`plain`, `plain`, `plain`},
+		{`a|b`, `a\|b`, `a|b`},
+		{`a\b`, `a\\b`, `a\\b`},
+		{`a=b`, `a=b`, `a\=b`},
+		{"l1\nl2\r", `l1 l2 `, `l1\nl2\r`},
+		{`\|=`, `\\\|=`, `\\|\=`},
+	} {
+		if got := string(appendCEFHeader(nil, c.in)); got != c.header {
+			t.Errorf("header %q: got %q, want %q", c.in, got, c.header)
+		}
+		if got := string(appendCEFValue(nil, c.in)); got != c.ext {
+			t.Errorf("extension %q: got %q, want %q", c.in, got, c.ext)
+		}
+	}
+	// A hostile message cannot add a header field or an extension key.
+	e := syslogEntry{level: zapcore.WarnLevel, time: testTime,
+		json: []byte(`{"message":"x|7|src=6.6.6.6\nCEF:0","event.action":"a|b","kms.workstation":"w src=6.6.6.6"}`)}
+	got := string(testFormatter(true).format(nil, &e, false))
+	if !strings.Contains(got, `|a\|b|x\|7\|src=6.6.6.6 CEF:0|6|`) || !strings.Contains(got, `shost=w src\=6.6.6.6`) {
+		t.Fatalf("escaping: %s", got)
+	}
+	if strings.Count(got, "\n") != 0 {
+		t.Fatalf("line break in record: %q", got)
+	}
+}
+
+func TestNewSyslogSinkRejectsBadSettings(t *testing.T) {
+	for _, c := range []struct {
+		opts SyslogOptions
+		want error
+	}{
+		{SyslogOptions{Address: "udp//x"}, ErrSyslogAddress},
+		{SyslogOptions{Address: "udp://noport"}, ErrSyslogAddress},
+		{SyslogOptions{Address: "http://h:1"}, ErrSyslogAddress},
+		{SyslogOptions{Address: "udp://h:1", Format: "leef"}, ErrSyslogOption},
+		{SyslogOptions{Address: "udp://h:1", Level: "loud"}, ErrSyslogOption},
+		{SyslogOptions{Address: "udp://h:1", Facility: 24}, ErrSyslogOption},
+		{SyslogOptions{Address: "tls://h:1", CAFile: "/nonexistent/ca.pem"}, ErrSyslogTLS},
+		{SyslogOptions{Address: "tls://h:1", CertFile: "/nonexistent/c.pem"}, ErrSyslogTLS},
+	} {
+		s, _, err := NewSyslogSink(c.opts, nil, nil)
+		if !errors.Is(err, c.want) {
+			t.Errorf("%+v: err %v, want %v", c.opts, err, c.want)
+		}
+		if s != nil {
+			s.Close()
+		}
+	}
+}
+
+// UDP: one datagram per event, not framed; logger.With fields are kept.
+func TestUDPSinkOneDatagramPerEvent(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	sink, core, err := NewSyslogSink(SyslogOptions{Address: "udp://" + pc.LocalAddr().String(), Hostname: "h"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	log := zap.New(core).With(zap.String("kmsproxy.zone", "dmz"))
+	log.Info("one", zap.String("event.action", "connection-accepted"))
+	log.Debug("filtered out at info")
+	log.Warn("two", zap.String("event.action", "kms-clock-skew"))
+	buf := make([]byte, 70000)
+	for _, want := range []string{
+		`<134>1 `, `<132>1 `,
+	} {
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := string(buf[:n])
+		if !strings.HasPrefix(msg, want) || !strings.Contains(msg, ` kmsproxy.zone="dmz"`) ||
+			!strings.Contains(msg, `] {"log.level":`) || !strings.Contains(msg, `"kmsproxy.zone":"dmz"`) {
+			t.Fatalf("datagram %q", msg)
+		}
+	}
+}
+
+// stallListener accepts connections and never reads from them, with a
+// tiny receive buffer so the sender's writes block quickly.
+func stallListener(t *testing.T) (net.Listener, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.(*net.TCPConn).SetReadBuffer(1024)
+			accepted.Add(1)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return ln, &accepted
+}
+
+// A collector that accepts and never reads: Write stays non-blocking,
+// drops are counted and reported, the writer times out and redials, and
+// Close returns promptly.
+func TestStalledCollectorNeverBlocksWrite(t *testing.T) {
+	ln, accepted := stallListener(t)
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	var warned atomic.Uint64
+	var warnings atomic.Int32
+	sink, core, err := NewSyslogSink(SyslogOptions{
+		Address: "tcp://" + ln.Addr().String(), QueueSize: 8,
+		WriteTimeout: 200 * time.Millisecond, WarnInterval: 100 * time.Millisecond, FlushTimeout: 100 * time.Millisecond,
+	}, dropped, func(d SyslogDrops) { warned.Add(d.Total()); warnings.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zap.New(core)
+	pad := strings.Repeat("x", 4000)
+	var slowest time.Duration
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		start := time.Now()
+		log.Info("event", zap.Int("i", i), zap.String("pad", pad))
+		slowest = max(slowest, time.Since(start))
+		if i%100 == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if sink.Stats().Dropped > 100 && accepted.Load() >= 2 && warned.Load() > 0 {
+			break
+		}
+	}
+	st := sink.Stats()
+	if st.Dropped <= 100 || accepted.Load() < 2 || warned.Load() == 0 {
+		t.Fatalf("dropped %d, connections %d, warned %d: want drops, a redial after the write timeout, a warning",
+			st.Dropped, accepted.Load(), warned.Load())
+	}
+	if slowest > 50*time.Millisecond {
+		t.Fatalf("a Write took %v", slowest)
+	}
+	start := time.Now()
+	sink.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Close took %v", d)
+	}
+	if got := counterValue(t, dropped); got != sink.Stats().Dropped {
+		t.Fatalf("counter %d, stats %d", got, sink.Stats().Dropped)
+	}
+	if warned.Load() != sink.Stats().Dropped {
+		t.Fatalf("warnings reported %d drops, sink dropped %d", warned.Load(), sink.Stats().Dropped)
+	}
+	// Once per interval at most: the loop ran for well under 100 intervals.
+	if n := warnings.Load(); n > 100 {
+		t.Fatalf("%d warnings", n)
+	}
+	log.Info("after close") // dropped, not a panic
+}
+
+// A collector that is down: events are dropped while disconnected, and
+// delivered again once it is back.
+func TestReconnectsWithBackoff(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var drops atomic.Uint64
+	sink, core, err := NewSyslogSink(SyslogOptions{Address: "tcp://" + addr, WarnInterval: 50 * time.Millisecond},
+		nil, func(d SyslogDrops) {
+			drops.Add(d.Disconnected)
+			if d.LastError == "" {
+				t.Error("drop report without the connection error")
+			}
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	log := zap.New(core)
+	waitFor(t, "disconnected", func() bool { return !sink.Stats().Connected })
+	log.Info("lost")
+	waitFor(t, "drop report", func() bool { return drops.Load() == 1 })
+
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("port reused: %v", err)
+	}
+	defer ln.Close()
+	waitFor(t, "reconnect", func() bool { return sink.Stats().Connected })
+	log.Info("back", zap.String("event.action", "config-reloaded"))
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	msg, err := readOctetFrame(bufio.NewReader(c))
+	if err != nil || !strings.Contains(msg, " config-reloaded [kmsproxy@32473 event.action=\"config-reloaded\"]") {
+		t.Fatalf("after reconnect: %q %v", msg, err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestLogSyslogDropsEvent(t *testing.T) {
+	var b strings.Builder
+	log, err := NewLogger("info", "ecs", &b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	LogSyslogDrops(log, SyslogDrops{QueueFull: 5, Disconnected: 2, LastError: "boom"})
+	out := b.String()
+	for _, want := range []string{`"log.level":"warn"`, `"event.action":"log-events-dropped"`, `"event.reason":"syslog-queue-full"`,
+		`"kmsproxy.log.dropped":7`, `"event.kind":"pipeline_error"`, `"error.message":"boom"`, `"message":"syslog sink dropped 7 events"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %s in %s", want, out)
+		}
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return uint64(m.GetCounter().GetValue())
+}
