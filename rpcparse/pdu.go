@@ -90,6 +90,8 @@ func init() {
 func (p *PDU) Parse(frag []byte, maxFrag int) error {
 	h, err := ParseHeader(frag, maxFrag)
 	p.Header = h
+	// Nothing from a previous PDU survives a failed parse.
+	p.Body, p.AuthPad, p.HasAuth, p.Auth = nil, nil, false, AuthVerifier{}
 	if err != nil {
 		return err
 	}
@@ -99,10 +101,10 @@ func (p *PDU) Parse(frag []byte, maxFrag int) error {
 		}
 		return perr(h.Type, 8, "frag_length", ErrTrailingData)
 	}
+	// Every slice handed out is capped at its own end, so a caller's append
+	// can never write over the auth trailer or the next PDU in the buffer.
 	end := len(frag)
-	p.HasAuth = false
-	p.Auth = AuthVerifier{}
-	p.AuthPad = nil
+	frag = frag[:end:end]
 	if h.AuthLength > 0 {
 		tr := end - int(h.AuthLength) - authTrailerLen
 		bo := order(h.BigEndian())
@@ -119,10 +121,10 @@ func (p *PDU) Parse(frag []byte, maxFrag int) error {
 		if padStart < HeaderLen+fixedBody[h.Type] {
 			return perr(h.Type, tr+2, "auth_pad_length", ErrAuthPadding)
 		}
-		p.AuthPad = frag[padStart:tr]
+		p.AuthPad = frag[padStart:tr:tr]
 		end = padStart
 	}
-	p.Body = frag[HeaderLen:end]
+	p.Body = frag[HeaderLen:end:end]
 	if parse := bodyParsers[h.Type]; parse != nil {
 		return parse(p)
 	}
@@ -145,11 +147,12 @@ func parseRequest(p *PDU) error {
 	b, big := p.Body, p.BigEndian()
 	bo := order(big)
 	r := &p.Request
-	r.AllocHint = bo.Uint32(b[0:4])
-	r.ContextID = bo.Uint16(b[4:6])
-	r.Opnum = bo.Uint16(b[6:8])
-	r.HasObject = p.Flags&FlagObjectUUID != 0
-	r.Object = UUID{}
+	*r = Request{
+		AllocHint: bo.Uint32(b[0:4]),
+		ContextID: bo.Uint16(b[4:6]),
+		Opnum:     bo.Uint16(b[6:8]),
+		HasObject: p.Flags&FlagObjectUUID != 0,
+	}
 	stub := 8
 	if r.HasObject {
 		if len(b) < 24 {
@@ -304,7 +307,8 @@ func parseBind(p *PDU) error {
 	off := 12
 	for i := 0; i < int(bd.NumContexts); i++ {
 		if len(b)-off < contextHeadLen {
-			return perr(p.Type, HeaderLen+off, "p_cont_elem", ErrTruncated)
+			// n_context_elem claims more items than the fragment holds.
+			return perr(p.Type, HeaderLen+8, "n_context_elem", ErrContextCount)
 		}
 		n := int(b[off+2])
 		if n == 0 {
@@ -312,11 +316,11 @@ func parseBind(p *PDU) error {
 		}
 		size := contextHeadLen + n*syntaxIDLen
 		if len(b)-off < size {
-			return perr(p.Type, HeaderLen+off+contextHeadLen, "transfer_syntaxes", ErrTruncated)
+			return perr(p.Type, HeaderLen+off+2, "n_transfer_syn", ErrTransferCount)
 		}
 		off += size
 	}
-	bd.Items = b[12:off]
+	bd.Items = b[12:off:off]
 	bd.Extra = b[off:]
 	return nil
 }
@@ -377,14 +381,14 @@ func parseBindAck(p *PDU) error {
 	if len(b)-off < n {
 		return perr(p.Type, HeaderLen+8, "sec_addr.length", ErrSecondaryAddr)
 	}
-	a.SecAddr = b[off : off+n]
+	a.SecAddr = b[off : off+n : off+n]
 	off += n
 	// The result list is 4-byte aligned relative to the PDU start.
 	aligned := (HeaderLen+off+3)&^3 - HeaderLen
 	if aligned+4 > len(b) {
 		return perr(p.Type, HeaderLen+off, "p_result_list", ErrTruncated)
 	}
-	a.SecAddrPad = b[off:aligned]
+	a.SecAddrPad = b[off:aligned:aligned]
 	off = aligned
 	a.NumResults, a.Reserved, a.Reserved2 = b[off], b[off+1], bo.Uint16(b[off+2:off+4])
 	off += 4
@@ -392,7 +396,7 @@ func parseBindAck(p *PDU) error {
 	if len(b)-off < size {
 		return perr(p.Type, HeaderLen+off, "p_results", ErrResultCount)
 	}
-	a.Results = b[off : off+size]
+	a.Results = b[off : off+size : off+size]
 	a.Extra = b[off+size:]
 	return nil
 }
@@ -445,7 +449,7 @@ func parseBindNak(p *PDU) error {
 	if len(rest) < 1+2*n {
 		return perr(p.Type, HeaderLen+2, "n_protocols", ErrTruncated)
 	}
-	nk.Versions = rest[:1+2*n]
+	nk.Versions = rest[: 1+2*n : 1+2*n]
 	nk.Extra = rest[1+2*n:]
 	return nil
 }
