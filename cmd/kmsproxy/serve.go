@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/proxy"
@@ -62,10 +64,28 @@ func serve(path string) error {
 		return &exitError{code: 1, err: err}
 	}
 	metrics := proxy.NewMetrics()
-	log, err := proxy.NewLogger(cfg.Log.Level, cfg.Log.Format, os.Stdout)
+	// The syslog sink is teed beside stdout; its drop warnings go through
+	// the logger, which exists only once the sink's core does.
+	var extra []zapcore.Core
+	var logp atomic.Pointer[zap.Logger]
+	if cfg.Log.Syslog.Address != "" {
+		sink, core, err := proxy.NewSyslogSink(proxy.SyslogOptionsFromConfig(cfg.Log, version), metrics.LogEventsDropped,
+			func(d proxy.SyslogDrops) {
+				if l := logp.Load(); l != nil {
+					proxy.LogSyslogDrops(l, d)
+				}
+			})
+		if err != nil {
+			return &exitError{code: 1, err: err}
+		}
+		defer sink.Close() // after log.Sync: flushes the last events
+		extra = append(extra, core)
+	}
+	log, err := proxy.NewLogger(cfg.Log.Level, cfg.Log.Format, os.Stdout, extra...)
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
+	logp.Store(log)
 	defer log.Sync()
 	srv := proxy.New(rt, log, metrics)
 
