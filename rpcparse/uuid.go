@@ -2,7 +2,6 @@ package rpcparse
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 )
@@ -52,19 +51,33 @@ func ParseUUID(s string) (UUID, error) {
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return u, fmt.Errorf("%w: %q", ErrBadUUID, s)
 	}
+	// Hex digits sit at fixed positions; a '-' anywhere else is an error
+	// (skipping dashes wherever they fall accepted "--c82175-…").
 	j := 0
-	for i := 0; i < 36; {
-		if s[i] == '-' {
+	for i := 0; i < 36; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
 			i++
-			continue
 		}
-		if _, err := hex.Decode(u[j:j+1], []byte(s[i:i+2])); err != nil {
+		hi, lo := unhex(s[i]), unhex(s[i+1])
+		if hi > 0xf || lo > 0xf {
 			return UUID{}, fmt.Errorf("%w: %q", ErrBadUUID, s)
 		}
-		i += 2
+		u[j] = hi<<4 | lo
 		j++
 	}
 	return u, nil
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10
+	}
+	return 0xff
 }
 
 // MustUUID is ParseUUID for compile-time constants; it panics on bad text.
