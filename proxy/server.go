@@ -232,7 +232,7 @@ func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, ext
 	}
 	s.active++
 	s.perSource[src.Addr()]++
-	sess := newSession(s, c, id, src, dst, zone, fields)
+	sess := newSession(s, c, id, src, dst, zone, extra)
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()

@@ -65,7 +65,7 @@ type session struct {
 	src    netip.AddrPort
 	dst    netip.AddrPort
 	zone   string
-	fields []zap.Field // connection fields, until run makes log from them
+	extra  []zap.Field // fields beyond connFields (PROXY protocol peer)
 	log    *zap.Logger // nil until run
 	start  time.Time
 
@@ -85,7 +85,6 @@ type session struct {
 	bound  bool
 	drep   rpcparse.DataRep
 	asm    assembly
-	pduIn  rpcparse.PDU
 	maxFrg int
 
 	// Shared between the client and host loops.
@@ -100,9 +99,9 @@ type session struct {
 	calls     []call
 }
 
-func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, fields []zap.Field) *session {
+func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, extra []zap.Field) *session {
 	return &session{
-		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, fields: fields,
+		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, extra: extra,
 		start: time.Now(), drep: rpcparse.LittleEndianDataRep,
 	}
 }
@@ -112,8 +111,7 @@ func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
 // run is the client loop: frame, parse, decide, forward. It owns the
 // session's lifetime.
 func (s *session) run() {
-	s.log = s.srv.log.With(s.fields...)
-	s.fields = nil
+	s.log = s.srv.log.With(append(connFields(s.id, s.src, s.dst, s.zone), s.extra...)...)
 	defer s.srv.release(s)
 	defer s.finish()
 	rt := s.runtime()
@@ -121,6 +119,7 @@ func (s *session) run() {
 	buf := getBuffer(s.maxFrg)
 	defer putBuffer(buf)
 	fr := rpcparse.NewFramerBuffer(countingReader{s.client, &s.clientBytes}, *buf)
+	pdu := new(rpcparse.PDU)                                            // reused for every client PDU of the session
 	handshakeDeadline := s.start.Add(rt.Config.Limits.HandshakeTimeout) // parking time counts
 	for {
 		if s.bound {
@@ -137,7 +136,7 @@ func (s *session) run() {
 		// Decide under the policy in force when the PDU arrived, not when
 		// the read began: a reload must reach the very next PDU.
 		rt = s.runtime()
-		p := &s.pduIn
+		p := pdu
 		if err := p.Parse(frag, s.maxFrg); err != nil {
 			s.violation("client", rpcparse.Reason(err), err, p)
 			return
