@@ -36,11 +36,10 @@ func (s *session) shadowKMS(rt *Runtime, p *rpcparse.PDU, facts acl.KMSFacts, li
 	auth := s.auth
 	s.mu.Unlock()
 	sr := rt.Shadow.DecideRequest(s.src.Addr(), ctx.iface, auth, p.Request.Opnum)
-	sd := sr
-	if sr.Verdict == acl.Allow {
-		sd = rt.Shadow.DecideKMS(sr.RuleIndex, facts)
+	if sr.Verdict != acl.Allow {
+		return // shadowRequest already reported this call's difference
 	}
-	s.shadowCompare(p, live, sd)
+	s.shadowCompare(p, live, rt.Shadow.DecideKMS(sr.RuleIndex, facts))
 }
 
 func (s *session) shadowCompare(p *rpcparse.PDU, live, shadow acl.Decision) {
