@@ -100,9 +100,10 @@ func UUIDFromWire(b []byte, bigEndian bool) UUID {
 		copy(u[:], b[:16])
 		return u
 	}
-	u[0], u[1], u[2], u[3] = b[3], b[2], b[1], b[0]
-	u[4], u[5] = b[5], b[4]
-	u[6], u[7] = b[7], b[6]
+	// Byte swaps of the three integer fields compile to BSWAP/ROL.
+	binary.BigEndian.PutUint32(u[0:4], binary.LittleEndian.Uint32(b[0:4]))
+	binary.BigEndian.PutUint16(u[4:6], binary.LittleEndian.Uint16(b[4:6]))
+	binary.BigEndian.PutUint16(u[6:8], binary.LittleEndian.Uint16(b[6:8]))
 	copy(u[8:], b[8:16])
 	return u
 }
@@ -121,10 +122,57 @@ func (u UUID) PutWire(b []byte, bigEndian bool) {
 	copy(b[8:16], u[8:])
 }
 
-// order returns the integer byte order selected by a data representation.
-func order(bigEndian bool) binary.ByteOrder {
-	if bigEndian {
-		return binary.BigEndian
+// u16 and u32 read an integer in the declared order without going through
+// the binary.ByteOrder interface, which the hot path cannot inline.
+func u16(b []byte, big bool) uint16 {
+	if big {
+		return binary.BigEndian.Uint16(b)
 	}
-	return binary.LittleEndian
+	return binary.LittleEndian.Uint16(b)
+}
+
+func u32(b []byte, big bool) uint32 {
+	if big {
+		return binary.BigEndian.Uint32(b)
+	}
+	return binary.LittleEndian.Uint32(b)
+}
+
+// order returns the integer byte order selected by a data representation.
+// It is a concrete type, not binary.ByteOrder: calls through that interface
+// make every slice passed in escape, which cost an allocation per encoded
+// header.
+func order(bigEndian bool) byteOrder { return byteOrder(bigEndian) }
+
+// byteOrder is true for big-endian.
+type byteOrder bool
+
+func (o byteOrder) Uint16(b []byte) uint16 {
+	if o {
+		return binary.BigEndian.Uint16(b)
+	}
+	return binary.LittleEndian.Uint16(b)
+}
+
+func (o byteOrder) Uint32(b []byte) uint32 {
+	if o {
+		return binary.BigEndian.Uint32(b)
+	}
+	return binary.LittleEndian.Uint32(b)
+}
+
+func (o byteOrder) PutUint16(b []byte, v uint16) {
+	if o {
+		binary.BigEndian.PutUint16(b, v)
+		return
+	}
+	binary.LittleEndian.PutUint16(b, v)
+}
+
+func (o byteOrder) PutUint32(b []byte, v uint32) {
+	if o {
+		binary.BigEndian.PutUint32(b, v)
+		return
+	}
+	binary.LittleEndian.PutUint32(b, v)
 }
