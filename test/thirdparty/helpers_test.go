@@ -101,11 +101,18 @@ func errString(err error) string {
 // A run killed by the timeout fails the test.
 func run(t *testing.T, timeout time.Duration, name string, args ...string) result {
 	t.Helper()
+	return runIn(t, timeout, t.TempDir(), nil, name, args...)
+}
+
+// runIn is run with a working directory and extra environment variables.
+func runIn(t *testing.T, timeout time.Duration, dir string, env []string, name string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir = t.TempDir()
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "LC_ALL=C")
+	cmd.Env = append(cmd.Env, env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 2 * time.Second
