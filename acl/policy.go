@@ -439,7 +439,9 @@ func (p *Policy) DecideBind(src netip.Addr, pdu *rpcparse.PDU) Decision {
 			return refuse(reason)
 		}
 		seenBTFN = seenBTFN || btfn
-		if !refused {
+		// Items repeating the previous abstract syntax (Windows offers one
+		// interface three times, once per transfer syntax) share its verdict.
+		if !refused && (count == 0 || c.Abstract != prev) {
 			if d := p.match(z, c.Abstract, auth, 0, true); !d.Allowed() {
 				verdict, refused = d, true
 			} else if count == 0 {
@@ -463,7 +465,7 @@ func transferProblem(c *rpcparse.ContextElem, index int, prev rpcparse.SyntaxID,
 		return ReasonBadTransferSyntax, false
 	}
 	for i := 0; i < int(c.NumTransfer); i++ {
-		switch rpcparse.ClassifyTransfer(c.Transfer(i)) {
+		switch c.TransferKind(i) {
 		case rpcparse.TransferNDR20, rpcparse.TransferNDR64:
 		case rpcparse.TransferBTFN:
 			btfn = true

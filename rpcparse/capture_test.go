@@ -74,3 +74,35 @@ func TestReasonFollowsMultiWrap(t *testing.T) {
 		t.Fatalf("Reason of a multi-%%w error = %q", got)
 	}
 }
+
+// TransferKind on wire bytes agrees with ClassifyTransfer on decoded ones,
+// in both byte orders, for known, near-miss and random syntaxes.
+func TestTransferKindMatchesClassify(t *testing.T) {
+	cands := []SyntaxID{
+		{UUID: NDR20UUID, Major: 2}, {UUID: NDR20UUID, Major: 1}, {UUID: NDR20UUID, Major: 2, Minor: 1},
+		{UUID: NDR64UUID, Major: 1}, {UUID: NDR64UUID, Major: 2},
+		{UUID: MustUUID("6cb71c2c-9812-4540-0300-000000000000"), Major: 1},
+		{UUID: MustUUID("6cb71c2c-9812-4540-0100-000000000000"), Major: 1},
+		{UUID: MustUUID("6cb71c2c-9812-4540-0300-000000000000"), Major: 2},
+		{UUID: MustUUID("6cb71c2c-9812-4541-0300-000000000000"), Major: 1},
+		{UUID: KMSInterfaceUUID, Major: 1},
+	}
+	for _, drep := range []DataRep{LittleEndianDataRep, BigEndianDataRep} {
+		var ctxs []ContextSpec
+		for i, c := range cands {
+			ctxs = append(ctxs, ContextSpec{ID: uint16(i), Abstract: c, Transfers: []SyntaxID{c}})
+		}
+		b := AppendBind(nil, PDUHead{Type: PTypeBind, Flags: 3, DataRep: drep, CallID: 1}, BindSpec{Contexts: ctxs}, nil)
+		var p PDU
+		if err := p.Parse(b, 0); err != nil {
+			t.Fatal(err)
+		}
+		it := p.Bind.Contexts()
+		for i := 0; it.Next(); i++ {
+			c := it.Context()
+			if got, want := c.TransferKind(0), ClassifyTransfer(c.Transfer(0)); got != want {
+				t.Errorf("%v %v: TransferKind %v, ClassifyTransfer %v", drep, cands[i], got, want)
+			}
+		}
+	}
+}

@@ -134,10 +134,10 @@ func ParseHeader(b []byte, maxFrag int) (Header, error) {
 	}
 	h.Version, h.MinorVersion, h.Type, h.Flags = b[0], b[1], PType(b[2]), b[3]
 	copy(h.DataRep[:], b[4:8])
-	bo := order(h.DataRep.BigEndian())
-	h.FragLength = bo.Uint16(b[8:10])
-	h.AuthLength = bo.Uint16(b[10:12])
-	h.CallID = bo.Uint32(b[12:16])
+	big := h.DataRep.BigEndian()
+	h.FragLength = u16(b[8:10], big)
+	h.AuthLength = u16(b[10:12], big)
+	h.CallID = u32(b[12:16], big)
 	if h.Version != 5 {
 		return h, perr(h.Type, 0, "rpc_vers", ErrVersion)
 	}

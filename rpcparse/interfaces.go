@@ -138,3 +138,45 @@ func BTFNBitmask(u UUID) (mask uint64, ok bool) {
 	}
 	return mask, true
 }
+
+// Wire images of the transfer syntaxes in each byte order, so a bind's
+// transfer syntaxes are classified by comparing bytes, without decoding.
+var (
+	ndr20Wire, ndr64Wire [2][syntaxIDLen]byte // [0] little-endian, [1] big-endian
+	btfnWire             [2][8]byte
+	btfnVersionWire      [2][4]byte
+)
+
+func init() {
+	for i, big := range []bool{false, true} {
+		var b [syntaxIDLen]byte
+		appendSyntax(b[:0], SyntaxID{UUID: NDR20UUID, Major: 2}, big)
+		ndr20Wire[i] = b
+		appendSyntax(b[:0], SyntaxID{UUID: NDR64UUID, Major: 1}, big)
+		ndr64Wire[i] = b
+		var u UUID
+		copy(u[:8], btfnPrefix[:])
+		appendSyntax(b[:0], SyntaxID{UUID: u, Major: 1}, big)
+		btfnWire[i] = [8]byte(b[:8])
+		btfnVersionWire[i] = [4]byte(b[16:20])
+	}
+}
+
+// TransferKind classifies transfer syntax i (0 <= i < NumTransfer) from its
+// wire bytes; it equals ClassifyTransfer(c.Transfer(i)) and is cheaper.
+func (c *ContextElem) TransferKind(i int) TransferKind {
+	b := c.transfers[i*syntaxIDLen : (i+1)*syntaxIDLen]
+	o := 0
+	if c.bigEndian {
+		o = 1
+	}
+	switch w := [syntaxIDLen]byte(b); {
+	case w == ndr20Wire[o]:
+		return TransferNDR20
+	case w == ndr64Wire[o]:
+		return TransferNDR64
+	case [8]byte(b[:8]) == btfnWire[o] && [4]byte(b[16:20]) == btfnVersionWire[o]:
+		return TransferBTFN
+	}
+	return TransferUnknown
+}

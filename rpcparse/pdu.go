@@ -12,7 +12,7 @@ type SyntaxID struct {
 const syntaxIDLen = 20
 
 func readSyntax(b []byte, big bool) SyntaxID {
-	v := order(big).Uint32(b[16:20])
+	v := u32(b[16:20], big)
 	return SyntaxID{UUID: UUIDFromWire(b, big), Major: uint16(v), Minor: uint16(v >> 16)}
 }
 
@@ -274,7 +274,7 @@ func (it *ContextIter) Next() bool {
 	n := int(it.b[2])
 	size := contextHeadLen + n*syntaxIDLen
 	it.cur = ContextElem{
-		ID:          order(it.bigEndian).Uint16(it.b[0:2]),
+		ID:          u16(it.b[0:2], it.bigEndian),
 		NumTransfer: it.b[2],
 		Reserved:    it.b[3],
 		Abstract:    readSyntax(it.b[4:], it.bigEndian),
