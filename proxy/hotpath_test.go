@@ -4,9 +4,9 @@ import (
 	"bufio"
 	"encoding/hex"
 	"net/netip"
-	"strings"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/kmsproxy/kmsproxy/acl"
