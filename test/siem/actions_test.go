@@ -1,0 +1,180 @@
+package siem
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/kmsproxy/kmsproxy/proxy"
+	"github.com/kmsproxy/kmsproxy/rpcparse"
+	"github.com/kmsproxy/kmsproxy/test/fixture"
+)
+
+// allActions are DESIGN's actions plus the sink's own warning.
+var allActions = []string{
+	proxy.ActionConnectionAccepted, proxy.ActionConnectionRefused, proxy.ActionBindAllowed, proxy.ActionBindRefused,
+	proxy.ActionRequestRefused, proxy.ActionKMSActivation, proxy.ActionProtocolViolation, proxy.ActionUpstreamUnavailable,
+	proxy.ActionConnectionClosed, proxy.ActionConfigReloaded, proxy.ActionConfigReloadFailed, proxy.ActionShadowDecision,
+	proxy.ActionKMSDuplicateCMID, proxy.ActionKMSClockSkew, proxy.ActionRateLimited, proxy.ActionLogEventsDropped,
+}
+
+// shadowConfig is a candidate policy that would take activation away
+// from the dmz zone: every dmz bind differs, so shadow-decision fires.
+const shadowConfig = `
+upstreams: ["127.0.0.1:1"]
+zones:
+  dmz: ["127.0.0.2/32", "127.0.0.5/32"]
+  office-only: ["127.0.0.3/32"]
+rules:
+  - name: office-only-candidate
+    from: [office-only]
+    interface: kms
+    opnums: [0]
+    auth: [none]
+    action: allow
+`
+
+// Real traffic produces every action; each arrives at rsyslog over TCP
+// as a well-formed RFC 5424 message. With KMSPROXY_SIEM_SAMPLES=FILE the
+// first message of each action is written to FILE (docs/siem.md uses them).
+func TestEveryActionAtRsyslog(t *testing.T) {
+	rs := startRsyslog(t)
+	shadow := filepath.Join(t.TempDir(), "candidate.yaml")
+	if err := os.WriteFile(shadow, []byte(shadowConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.Replace(baseConfig, "activations_per_minute_per_source: 1000", "activations_per_minute_per_source: 1", 1) +
+		"shadow: { config: \"" + shadow + "\" }\n"
+
+	s := newSink(t, proxy.SyslogOptions{Address: "tcp://" + rs.TCPAddr, Level: "info", Version: "9.9.9"}, nil)
+	// A second sink aimed at a closed port: its drop warnings reach
+	// rsyslog through the first.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	d := newSink(t, proxy.SyslogOptions{Address: "tcp://" + deadAddr, Level: "info", WarnInterval: 200 * time.Millisecond}, s.Opts.Metrics)
+	opts := s.Opts
+	opts.Cores = append(opts.Cores, d.Opts.Cores...)
+	opts.Logger = func(l *zap.Logger) { s.Opts.Logger(l); d.Opts.Logger(l) }
+	e := fixture.StartEnvWith(t, fixture.Replay, cfg, opts)
+	closed := 0
+	step := func() {
+		closed++
+		waitCount(t, e, proxy.ActionConnectionClosed, closed)
+	}
+
+	activate(t, e, srcDMZ) // accepted, bind-allowed, shadow-decision, kms-activation, kms-clock-skew, closed
+	step()
+	activate(t, e, srcDMZ2) // same client machine ID from another source: kms-duplicate-cmid
+	step()
+	// The second activation from 127.0.0.2 within the minute: rate-limited.
+	cl := e.Dial(srcDMZ)
+	cl.Send(win.C2S[0])
+	cl.MustRecv()
+	cl.Send(win.C2S[1])
+	cl.MustRecv()
+	cl.Send(win.C2S[2])
+	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeFault {
+		t.Fatalf("rate-limited activation got %v", p.Type)
+	}
+	cl.ExpectClosed(5 * time.Second)
+	step()
+	refusedSAMRBind(t, e, srcDMZ) // bind-refused
+	step()
+	// Office-only zone asking for a Windows activation: request-refused.
+	cl = e.Dial(srcOffice)
+	cl.Send(win.C2S[0])
+	cl.MustRecv()
+	cl.Send(win.C2S[1])
+	cl.MustRecv()
+	cl.Send(win.C2S[2])
+	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeFault {
+		t.Fatalf("office-only Windows activation got %v", p.Type)
+	}
+	cl.ExpectClosed(5 * time.Second)
+	step()
+	// A second bind on one connection: protocol-violation.
+	cl = e.Dial(srcDMZ)
+	cl.Send(win.C2S[0])
+	cl.MustRecv()
+	cl.SendErr(win.C2S[0])
+	cl.ExpectClosed(5 * time.Second)
+	step()
+	refusedAtAccept(t, e, srcNowhere) // connection-refused
+	if err := e.Reload("rules: [oops\n"); err == nil {
+		t.Fatal("invalid reload accepted")
+	}
+	if err := e.Reload(cfg); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	// No upstream at all: upstream-unavailable, from a second proxy on the
+	// same sink.
+	o2 := s.Opts
+	o2.Metrics = nil
+	e2 := fixture.StartProxyWith(t, e.Host, strings.ReplaceAll(baseConfig, "UPSTREAM", deadAddr), o2)
+	cl = e2.Dial(srcDMZ)
+	cl.Send(win.C2S[0])
+	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindNak {
+		t.Fatalf("no upstream: got %v", p.Type)
+	}
+	cl.ExpectClosed(5 * time.Second)
+	e.WaitEvent(proxy.ActionLogEventsDropped, nil)
+	waitCount(t, e2, proxy.ActionConnectionClosed, 1)
+	s.Sink.Close()
+
+	msgs := parseAll(t, rs.messages("tcp"))
+	first := map[string]received{}
+	for _, r := range msgs {
+		checkMessage(t, r.m, r.ev)
+		if _, ok := first[r.m.MsgID]; !ok {
+			first[r.m.MsgID] = r
+		}
+	}
+	var samples []string
+	for _, a := range allActions {
+		r, ok := first[a]
+		if !ok {
+			t.Errorf("no %s message at rsyslog", a)
+			continue
+		}
+		samples = append(samples, r.m.Raw)
+		t.Logf("%s", r.m.Raw)
+	}
+	var seen []string
+	for a := range first {
+		seen = append(seen, a)
+	}
+	sort.Strings(seen)
+	t.Logf("MSGIDs seen: %v", seen)
+	if out := os.Getenv("KMSPROXY_SIEM_SAMPLES"); out != "" {
+		if err := os.WriteFile(out, []byte(strings.Join(samples, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Spot checks per action beyond the common fields.
+	expect(t, first[proxy.ActionConnectionRefused], map[string]string{"event.reason": "source-not-in-zone", "source.ip": srcNowhere, "kmsproxy.zone": ""})
+	expect(t, first[proxy.ActionRateLimited], map[string]string{"event.reason": "activation-rate-limit", "source.ip": srcDMZ})
+	expect(t, first[proxy.ActionRequestRefused], map[string]string{"event.reason": "kms-application-not-allowed", "kmsproxy.zone": "office-only"})
+	expect(t, first[proxy.ActionProtocolViolation], map[string]string{"event.reason": "second-bind"})
+	expect(t, first[proxy.ActionUpstreamUnavailable], map[string]string{"event.reason": "upstream-unreachable"})
+	expect(t, first[proxy.ActionKMSDuplicateCMID], map[string]string{"event.kind": "alert", "source.ip": srcDMZ2, "kmsproxy.previous.source_ip": srcDMZ})
+	expect(t, first[proxy.ActionKMSClockSkew], map[string]string{"event.kind": "alert"})
+	expect(t, first[proxy.ActionShadowDecision], map[string]string{"kmsproxy.live.verdict": "allow", "kmsproxy.shadow.verdict": "deny"})
+	expect(t, first[proxy.ActionLogEventsDropped], map[string]string{"event.kind": "pipeline_error", "event.reason": "syslog-disconnected"})
+	if r := first[proxy.ActionConfigReloadFailed]; r.m != nil && r.m.PRI != 16*8+3 {
+		t.Errorf("config-reload-failed PRI %d, want %d (error)", r.m.PRI, 16*8+3)
+	}
+	if r := first[proxy.ActionKMSDuplicateCMID]; r.m != nil && r.m.PRI != 16*8+4 {
+		t.Errorf("kms-duplicate-cmid PRI %d, want %d (warning)", r.m.PRI, 16*8+4)
+	}
+}
