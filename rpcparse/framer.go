@@ -23,7 +23,7 @@ type Framer struct {
 
 // NewFramer returns a framer reading r whose fragments are bounded by
 // maxFrag (0 or anything above 65535 means the wire maximum). The buffer is
-// allocated once, maxFrag bytes, on first use.
+// allocated once, maxFrag bytes (at least a header), on first use.
 func NewFramer(r io.Reader, maxFrag int) *Framer {
 	if maxFrag <= 0 || maxFrag > MaxFragmentLimit {
 		maxFrag = MaxFragmentLimit
@@ -79,6 +79,9 @@ func (f *Framer) Next() ([]byte, error) {
 	return frag, nil
 }
 
+// errBadRead reports an io.Reader that claimed more bytes than it was given room for.
+var errBadRead = errors.New("rpcparse: reader returned an invalid byte count")
+
 // maxEmptyReads bounds consecutive (0, nil) reads, as bufio does.
 const maxEmptyReads = 100
 
@@ -96,6 +99,9 @@ func (f *Framer) fill(n int) error {
 	}
 	for empty := 0; f.end-f.start < n; {
 		m, err := f.r.Read(f.buf[f.end:])
+		if m < 0 || m > len(f.buf)-f.end {
+			return errBadRead // would index past the buffer
+		}
 		f.end += m
 		if m == 0 && err == nil {
 			// A reader that keeps returning (0, nil) would spin us forever.

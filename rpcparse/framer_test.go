@@ -264,3 +264,13 @@ func TestSplit(t *testing.T) {
 		t.Fatal("PeekFragLength on 9 bytes")
 	}
 }
+
+type liarReader struct{}
+
+func (liarReader) Read(p []byte) (int, error) { return len(p) + 1, nil }
+
+func TestFramerLyingReader(t *testing.T) {
+	if _, err := NewFramer(liarReader{}, 0).Next(); err == nil || err != errBadRead {
+		t.Fatalf("err %v", err)
+	}
+}
