@@ -15,6 +15,7 @@ const (
 	uuidEPM    = "e1af8308-5d1f-11c9-91a4-08002b14a0fa"
 	uuidMGMT   = "afa8bd80-7d8a-11c9-bef4-08002b102989"
 	uuidKMS    = "51c82175-844e-4750-b0d8-ec255555bc06"
+	uuidSRVSVC = "4b324fc8-1670-01d3-1278-5a47bf6ee188"
 )
 
 // TestImpacketBindRefused binds SAMR, LSARPC and EPM with impacket over

@@ -25,13 +25,19 @@ var netnsPorts = []int{135, 445, 1688}
 // each one actually ran and passed.
 var netnsCases = []struct {
 	name string
-	run  func(t *testing.T, env *fixture.Env)
+	run  func(t *testing.T)
 }{
 	{"rpcclient/enumdomusers", rpcclientTCP("enumdomusers")},
 	{"rpcclient/lsaquery", rpcclientTCP("lsaquery")},
 	{"rpcclient/srvinfo", rpcclientTCP("srvinfo")},
 	{"rpcclient/netshareenum", rpcclientTCP("netshareenum")},
 	{"rpcclient/smb-enumdomusers", rpcclientSMB},
+	{"rpcclient/steered-enumdomusers", rpcclientSteered("enumdomusers", "samr", uuidSAMR)},
+	{"rpcclient/steered-lsaquery", rpcclientSteered("lsaquery", "lsarpc", uuidLSARPC)},
+	{"rpcclient/steered-srvinfo", rpcclientSteered("srvinfo", "srvsvc", uuidSRVSVC)},
+	{"rpcclient/steered-netshareenum", rpcclientSteered("netshareenum", "srvsvc", uuidSRVSVC)},
+	{"rpcclient/steered-sign-enumdomusers", rpcclientSteered("sign; enumdomusers", "samr", uuidSAMR)},
+	{"rpcclient/steered-seal-lsaquery", rpcclientSteered("seal; lsaquery", "lsarpc", uuidLSARPC)},
 	{"rpcdump/port-135", rpcdump135},
 	{"samrdump/port-445", samrdump445},
 }
@@ -113,18 +119,16 @@ func netnsInner(t *testing.T) {
 		t.Fatalf("ip link set lo up: %v: %s", err, out)
 	}
 	for _, c := range netnsCases {
-		t.Run(c.name, func(t *testing.T) {
-			c.run(t, startNetnsEnv(t))
-		})
+		t.Run(c.name, c.run)
 	}
 }
 
 // startNetnsEnv starts a fixture host and a proxy that also listens on
-// 127.0.0.1 at each of netnsPorts.
-func startNetnsEnv(t *testing.T) *fixture.Env {
+// 127.0.0.1 at each of ports.
+func startNetnsEnv(t *testing.T, ports ...int) *fixture.Env {
 	t.Helper()
 	env := startEnv(t)
-	for _, port := range netnsPorts {
+	for _, port := range ports {
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			t.Fatalf("proxy listener on port %d: %v", port, err)
@@ -141,8 +145,9 @@ var rpcclientFound = []string{"user:[", "group:[", "Domain Name:", "Domain Sid:"
 // rpcclientTCP runs rpcclient -c cmd as a NULL session at the proxy's KMS
 // port over ncacn_ip_tcp. rpcclient first asks the endpoint mapper on
 // port 135 (the proxy) where the pipe lives; that EPM bind is refused.
-func rpcclientTCP(cmd string) func(t *testing.T, env *fixture.Env) {
-	return func(t *testing.T, env *fixture.Env) {
+func rpcclientTCP(cmd string) func(t *testing.T) {
+	return func(t *testing.T) {
+		env := startNetnsEnv(t, netnsPorts...)
 		r := run(t, 20*time.Second, rpcclientBin, "-U", "", "-N", "ncacn_ip_tcp:127.0.0.1[1688]", "-c", cmd)
 		assertRPCClientFailed(t, r)
 		if !strings.Contains(r.stderr, "Could not initialise") {
@@ -158,11 +163,34 @@ func rpcclientTCP(cmd string) func(t *testing.T, env *fixture.Env) {
 
 // rpcclientSMB runs rpcclient's default transport (SMB on 445, the proxy):
 // not DCE/RPC at all, so the proxy closes it as a protocol violation.
-func rpcclientSMB(t *testing.T, env *fixture.Env) {
+func rpcclientSMB(t *testing.T) {
+	env := startNetnsEnv(t, netnsPorts...)
 	r := run(t, 20*time.Second, rpcclientBin, "-U", "", "-N", "127.0.0.1", "-c", "enumdomusers")
 	assertRPCClientFailed(t, r)
 	env.WaitEvent("protocol-violation", map[string]any{"destination.port": 445})
 	assertNothingAtHost(t, env)
+}
+
+// rpcclientSteered runs rpcclient -c cmd as a NULL session with a
+// stand-in endpoint mapper on 135 that sends it to the proxy on 1688, so
+// Samba's own bind to the pipe's interface meets the proxy: it must be
+// refused with nothing at the host.
+func rpcclientSteered(cmd, pipe, uuid string) func(t *testing.T) {
+	return func(t *testing.T) {
+		env := startNetnsEnv(t, 1688)
+		epm := startSteeringEPM(t, "127.0.0.1:135", 1688)
+		r := run(t, 20*time.Second, rpcclientBin, "-U", "", "-N", "ncacn_ip_tcp:127.0.0.1[1688]", "-c", cmd)
+		assertRPCClientFailed(t, r)
+		if epm.maps.Load() == 0 {
+			t.Fatalf("rpcclient never asked the endpoint mapper: the case proves nothing\n%s", r)
+		}
+		if !strings.Contains(r.stderr, "Could not initialise "+pipe) {
+			t.Errorf("rpcclient did not report failing to open %s\n%s", pipe, r)
+		}
+		ev := env.WaitEvent("bind-refused", map[string]any{"destination.port": 1688, "dcerpc.interface.uuid": uuid})
+		t.Logf("bind-refused: interface %v reason %v auth %v", ev["dcerpc.interface.name"], ev["event.reason"], ev["dcerpc.auth.type"])
+		assertNothingAtHost(t, env)
+	}
 }
 
 func assertRPCClientFailed(t *testing.T, r result) {
@@ -183,7 +211,8 @@ func assertRPCClientFailed(t *testing.T, r result) {
 
 // rpcdump135 runs impacket's rpcdump.py at the endpoint mapper port (the
 // proxy): the EPM bind is refused and no endpoint is listed.
-func rpcdump135(t *testing.T, env *fixture.Env) {
+func rpcdump135(t *testing.T) {
+	env := startNetnsEnv(t, netnsPorts...)
 	r := run(t, 20*time.Second, python, impacketDir+"/rpcdump.py", "-port", "135", "127.0.0.1")
 	if r.err != nil {
 		t.Fatalf("rpcdump.py failed: %s", r)
@@ -202,7 +231,8 @@ func rpcdump135(t *testing.T, env *fixture.Env) {
 
 // samrdump445 runs impacket's samrdump.py as shipped (SMB on 445, the
 // proxy): the proxy refuses SMB as a protocol violation, nothing is listed.
-func samrdump445(t *testing.T, env *fixture.Env) {
+func samrdump445(t *testing.T) {
+	env := startNetnsEnv(t, netnsPorts...)
 	r := run(t, 20*time.Second, python, impacketDir+"/samrdump.py", "-port", "445", "127.0.0.1")
 	if r.err != nil {
 		t.Fatalf("samrdump.py failed: %s", r)
