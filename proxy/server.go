@@ -57,6 +57,7 @@ type Server struct {
 	rate       *rateLimiter
 	watch      *kmsWatch
 	parking    parker
+	fdConns    int // client connections the descriptor limit allows; 0 = no cap
 
 	mu        sync.Mutex
 	active    int
@@ -85,6 +86,13 @@ func New(rt *Runtime, log *zap.Logger, metrics *Metrics) *Server {
 		watch:     newKMSWatch(),
 	}
 	s.rt.Store(rt)
+	var nofile uint64
+	s.fdConns, nofile = fdConnectionBudget()
+	if s.fdConns > 0 && rt != nil && rt.Config.Limits.Connections > s.fdConns {
+		log.Warn("limits.connections exceeds what the file-descriptor limit allows; connections past the budget are refused",
+			zap.Int("kmsproxy.limits.connections", rt.Config.Limits.Connections),
+			zap.Int("kmsproxy.fd_budget_connections", s.fdConns), zap.Uint64("kmsproxy.rlimit_nofile", nofile))
+	}
 	var d net.Dialer
 	s.dial = d.DialContext
 	return s
@@ -224,6 +232,10 @@ func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, ext
 	case s.active >= lim.Connections:
 		s.mu.Unlock()
 		refuse(ReasonConnectionLimit, "")
+		return
+	case s.fdConns > 0 && s.active >= s.fdConns:
+		s.mu.Unlock()
+		refuse(ReasonFDBudget, "")
 		return
 	case s.perSource[src.Addr()] >= lim.ConnectionsPerSource:
 		s.mu.Unlock()

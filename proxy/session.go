@@ -158,6 +158,7 @@ func (s *session) clientReadError(err error) {
 	case errors.As(err, &ne) && ne.Timeout():
 		if s.bound {
 			s.setReason(ReasonIdleTimeout)
+			s.failOutstanding() // the client was idle waiting on the host
 		} else {
 			s.setReason(ReasonHandshakeTimeout)
 		}
@@ -691,6 +692,7 @@ func (s *session) hostLoop() {
 						s.setReason("upstream-read-error")
 					}
 				}
+				s.failOutstanding()
 			}
 			s.abort("")
 			return
@@ -712,6 +714,35 @@ func (s *session) hostLoop() {
 			return
 		}
 		s.srv.metrics.Bytes.WithLabelValues("host_to_client").Add(float64(len(frag)))
+	}
+}
+
+// failOutstanding answers what the client still waits for when the host
+// goes away or stops answering: a pending bind gets bind_nak "temporary
+// congestion", an alter_context or call a fault, so the client sees a
+// prompt refusal rather than a bare close.
+func (s *session) failOutstanding() {
+	var out []byte
+	s.mu.Lock()
+	if s.pendValid {
+		if s.pendType == rpcparse.PTypeBind {
+			out = rpcparse.AppendBindNak(out, s.drep, s.pendCall, rpcparse.NakTemporaryCongestion)
+		} else {
+			out = rpcparse.AppendFault(out, s.drep, s.pendCall, 0, rpcparse.StatusCallFailed, false)
+		}
+	}
+	for _, c := range s.calls {
+		out = rpcparse.AppendFault(out, s.drep, c.id, c.ctxID, rpcparse.StatusCallFailed, false)
+		if c.kms != nil {
+			s.finishKMSCall(&c, nil, nil)
+		}
+	}
+	// Answered once, whichever loop noticed first.
+	s.calls = nil
+	s.clearPending()
+	s.mu.Unlock()
+	if len(out) > 0 {
+		s.writeClient(out)
 	}
 }
 

@@ -205,6 +205,7 @@ const (
 	StatusProtoError    uint32 = 0x1c01000b // nca_proto_error
 	StatusAccessDenied  uint32 = 0x00000005 // ERROR_ACCESS_DENIED
 	StatusServerTooBusy uint32 = 0x000006bb // RPC_S_SERVER_TOO_BUSY
+	StatusCallFailed    uint32 = 0x000006be // RPC_S_CALL_FAILED: the host went away mid-call
 )
 
 func parseFault(p *PDU) error {

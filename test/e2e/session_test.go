@@ -176,6 +176,10 @@ func TestMisbehavingHost(t *testing.T) {
 		e := startEnv(t, fixture.Silent, cfg)
 		cl := e.Dial(srcDMZ)
 		cl.Send(kmsBind())
+		p := fixture.Parse(t, cl.MustRecv())
+		if p.Type != rpcparse.PTypeBindNak || p.BindNak.Reason != rpcparse.NakTemporaryCongestion {
+			t.Fatalf("got %v, want bind_nak temporary congestion", p.Type)
+		}
 		cl.ExpectClosed(5 * time.Second)
 		e.WaitEvent("connection-closed", map[string]any{"kmsproxy.close_reason": "idle-timeout"})
 	})
@@ -188,6 +192,10 @@ func TestMisbehavingHost(t *testing.T) {
 		cl.Send(win.C2S[1])
 		cl.MustRecv()
 		cl.Send(win.C2S[2])
+		p := fixture.Parse(t, cl.MustRecv())
+		if p.Type != rpcparse.PTypeFault || p.Fault.Status != rpcparse.StatusCallFailed || p.CallID != 2 {
+			t.Fatalf("got %v status %#x call %d, want fault RPC_S_CALL_FAILED for call 2", p.Type, p.Fault.Status, p.CallID)
+		}
 		cl.ExpectClosed(5 * time.Second)
 		// The activation still gets its event, marked without a reply.
 		e.WaitEvent("kms-activation", map[string]any{"kmsproxy.kms_result": "no-reply"})

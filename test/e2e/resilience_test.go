@@ -1,0 +1,195 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmsproxy/kmsproxy/rpcparse"
+	"github.com/kmsproxy/kmsproxy/test/fixture"
+)
+
+// activate runs one captured Windows activation from src and reports
+// whether the host's response came back unchanged.
+func activate(t *testing.T, addr, src string, c fixture.Capture) bool {
+	t.Helper()
+	conn, err := fixture.DialErr(src, addr)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	fr := rpcparse.NewFramer(conn, 0)
+	for i := range c.C2S {
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := conn.Write(c.C2S[i]); err != nil {
+			return false
+		}
+		got, err := fr.Next()
+		if err != nil || !bytes.Equal(got, c.S2C[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// 5,000 idle connections from one source do not stop another source.
+func TestIdleFloodFromOneSource(t *testing.T) {
+	cfg := strings.Replace(baseConfig, `dmz: ["127.0.0.2/32"`, `dmz: ["127.0.0.7/32", "127.0.0.2/32"`, 1)
+	cfg = strings.Replace(cfg, "connections_per_source: 4", "connections_per_source: 16", 1)
+	e := startEnv(t, fixture.Replay, cfg)
+	win := mustCapture(t, "win10-v6")
+	e.Host.UseCapture(win.Name)
+	var flood []net.Conn
+	defer func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 5000; i++ {
+		c, err := fixture.DialErr("127.0.0.7", e.Addr)
+		if err != nil {
+			t.Fatalf("flood dial %d: %v", i, err)
+		}
+		flood = append(flood, c)
+	}
+	if !activate(t, e.Addr, srcDMZ, win) {
+		t.Fatal("activation from another source failed during the flood")
+	}
+	e.WaitEvent("connection-refused", map[string]any{"source.ip": "127.0.0.7", "event.reason": "source-connection-limit"})
+	if n := e.Srv.ActiveConnections(); n > 17 {
+		t.Fatalf("%d connections open; the flood should hold at most 16", n)
+	}
+	if e.Host.Connections() != 1 {
+		t.Fatalf("host saw %d connections; only the activation should reach it", e.Host.Connections())
+	}
+}
+
+// A source over activations_per_minute_per_source is refused with an
+// event; another source continues.
+func TestActivationRateLimit(t *testing.T) {
+	cfg := strings.Replace(baseConfig, "connections_per_source: 4", "connections_per_source: 4\n  activations_per_minute_per_source: 3", 1)
+	e := startEnv(t, fixture.Replay, cfg)
+	win := mustCapture(t, "win10-v6")
+	e.Host.UseCapture(win.Name)
+	for i := 0; i < 3; i++ {
+		if !activate(t, e.Addr, srcDMZ, win) {
+			t.Fatalf("activation %d refused below the limit", i)
+		}
+	}
+	cl := bindAndAlter(t, e, srcDMZ, win)
+	cl.Send(win.C2S[2])
+	p := fixture.Parse(t, cl.MustRecv())
+	if p.Type != rpcparse.PTypeFault || p.Fault.Status != rpcparse.StatusServerTooBusy {
+		t.Fatalf("4th activation got %v %#x, want fault RPC_S_SERVER_TOO_BUSY", p.Type, p.Fault.Status)
+	}
+	e.WaitEvent("rate-limited", map[string]any{"source.ip": srcDMZ, "event.reason": "activation-rate-limit"})
+	if !activate(t, e.Addr, "127.0.0.5", win) {
+		t.Fatal("another source was rate limited too")
+	}
+}
+
+// Connections beyond limits.connections are refused at accept.
+func TestTotalConnectionCap(t *testing.T) {
+	cfg := strings.Replace(baseConfig, "connections_per_source: 4", "connections_per_source: 2\n  connections: 2", 1)
+	e := startEnv(t, fixture.Replay, cfg)
+	a, b := e.Dial(srcDMZ), e.Dial("127.0.0.5")
+	a.Send(kmsBind())
+	a.MustRecv()
+	b.Send(kmsBind())
+	b.MustRecv()
+	c := e.Dial("127.0.0.6")
+	c.ExpectClosed(5 * time.Second)
+	e.WaitEvent("connection-refused", map[string]any{"source.ip": "127.0.0.6", "event.reason": "connection-limit"})
+	if e.Host.Connections() != 2 {
+		t.Fatalf("host saw %d connections, want 2", e.Host.Connections())
+	}
+}
+
+// With a small descriptor limit the proxy caps connections at its fd
+// budget, refuses past it with a logged reason, and keeps serving.
+func TestFileDescriptorBudget(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "kmsproxy")
+	build := exec.Command("go", "build", "-o", bin, "../../cmd/kmsproxy")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	host := fixture.StartHost(t, fixture.Replay)
+	win := mustCapture(t, "win10-v6")
+	host.UseCapture(win.Name)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := strings.NewReplacer("UPSTREAM", host.Addr(), `listen: "127.0.0.1:1688" # tests bind their own listener`, `listen: "`+addr+`"`).Replace(baseConfig)
+	cfg = strings.Replace(cfg, "connections_per_source: 4", "connections_per_source: 1000", 1)
+	cfg = strings.Replace(cfg, `dmz: ["127.0.0.2/32"`, `dmz: ["127.0.0.0/8"`, 1)
+	cfgPath := filepath.Join(t.TempDir(), "kmsproxy.yaml")
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+
+	// 72 descriptors: (72-32)/2 = 20 client connections fit.
+	cmd := exec.Command("bash", "-c", `ulimit -n 72 && exec "$0" serve --config "$1"`, bin, cfgPath)
+	var stdout bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy did not start:\n%s", stdout.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the probe connection above is closed and released
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 30; i++ {
+		c, err := fixture.DialErr("127.0.0.3", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	time.Sleep(300 * time.Millisecond)
+	refusedForFD := 0
+	sc := bufio.NewScanner(bytes.NewReader(stdout.Bytes()))
+	for sc.Scan() {
+		var ev map[string]any
+		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev["event.action"] == "connection-refused" && ev["event.reason"] == "fd-budget" {
+			refusedForFD++
+		}
+	}
+	if refusedForFD != 10 {
+		t.Fatalf("fd-budget refusals = %d, want 10 (30 connections, budget 20)\n%s", refusedForFD, stdout.String())
+	}
+	// Free some room: activations work again.
+	for _, c := range held[:5] {
+		c.Close()
+	}
+	held = held[5:]
+	time.Sleep(200 * time.Millisecond)
+	if !activate(t, addr, srcDMZ, win) {
+		t.Fatalf("activation failed after freeing descriptors:\n%s", stdout.String())
+	}
+	if !strings.Contains(stdout.String(), "file-descriptor limit") {
+		t.Fatal("startup did not warn that limits.connections exceeds the descriptor budget")
+	}
+}
