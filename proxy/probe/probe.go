@@ -225,7 +225,7 @@ func (p *prober) dial() (*conn, error) {
 	defer cancel()
 	c, err := p.opt.Dial(ctx, "tcp", p.addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", p.addr, err)
+		return nil, err // a *net.OpError already names the address
 	}
 	return &conn{c: c, fr: rpcparse.NewFramer(c, rpcparse.MaxFragmentLimit), timeout: p.opt.Timeout}, nil
 }
