@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestCheckExampleConfig(t *testing.T) {
+	out, err := runCLI(t, "check", "--config", "../../examples/kmsproxy.yaml")
+	if err != nil {
+		t.Fatalf("check failed: %v\n%s", err, out)
+	}
+	for _, want := range []string{"dmz-activation", "51c82175-844e-4750-b0d8-ec255555bc06", "(no match) → deny", "OK"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("effective policy lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// A bad config lists every problem by YAML path and exits 1.
+func TestCheckInvalidConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(path, []byte(`
+upstreams: ["kms01:1688"]
+zones: { dmz: ["192.0.2.0/33"] }
+rules:
+  - { name: a, from: [dmz-wbe], interface: samrr, opnums: [0], action: allow }
+bogus_key: 1
+`), 0o600)
+	out, err := runCLI(t, "check", "--config", path)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("want exit 1, got %v\n%s", err, out)
+	}
+	for _, want := range []string{"zones.dmz[0]", "rules[0].from[0]", "rules[0].interface", "bogus_key"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("problem list lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestServeRefusesInvalidConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "empty-rules.yaml")
+	os.WriteFile(path, []byte("upstreams: [\"kms01:1688\"]\nzones: { dmz: [\"192.0.2.0/24\"] }\nrules: []\n"), 0o600)
+	out, err := runCLI(t, "serve", "--config", path)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("serve started on an invalid config: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, "serve", "--config", filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+		t.Fatal("serve started without a config file")
+	}
+}
