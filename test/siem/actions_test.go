@@ -49,7 +49,7 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 	if err := os.WriteFile(shadow, []byte(shadowConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := strings.Replace(baseConfig, "activations_per_minute_per_source: 1000", "activations_per_minute_per_source: 1", 1) +
+	cfg := strings.Replace(baseConfig, "activations_per_minute_per_source: 100000", "activations_per_minute_per_source: 1", 1) +
 		"shadow: { config: \"" + shadow + "\" }\n"
 
 	s := newSink(t, proxy.SyslogOptions{Address: "tcp://" + rs.TCPAddr, Level: "info", Version: "9.9.9"}, nil)

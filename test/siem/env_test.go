@@ -56,7 +56,7 @@ rules:
 on_deny: reject
 limits:
   connections_per_source: 16
-  activations_per_minute_per_source: 1000
+  activations_per_minute_per_source: 100000
   handshake_timeout: 2s
   idle_timeout: 2s
   upstream_connect_timeout: 1s
@@ -101,7 +101,8 @@ func activate(t *testing.T, e *fixture.Env, src string) {
 	for i, pdu := range win.C2S {
 		cl.Send(pdu)
 		if got := cl.MustRecv(); !bytes.Equal(got, win.S2C[i]) {
-			t.Fatalf("activation from %s: reply %d differs", src, i)
+			evs := e.Events("")
+			t.Fatalf("activation from %s: reply %d differs: ptype %d, %d bytes; last event %v", src, i, got[2], len(got), evs[len(evs)-1])
 		}
 	}
 	cl.Conn.Close()
