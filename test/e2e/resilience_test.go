@@ -115,11 +115,7 @@ func TestTotalConnectionCap(t *testing.T) {
 // With a small descriptor limit the proxy caps connections at its fd
 // budget, refuses past it with a logged reason, and keeps serving.
 func TestFileDescriptorBudget(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "kmsproxy")
-	build := exec.Command("go", "build", "-o", bin, "../../cmd/kmsproxy")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := kmsproxyBinary(t)
 	host := fixture.StartHost(t, fixture.Replay)
 	win := mustCapture(t, "win10-v6")
 	host.UseCapture(win.Name)
