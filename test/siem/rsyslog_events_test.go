@@ -1,6 +1,7 @@
 package siem
 
 import (
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -77,6 +78,11 @@ func TestEventsAtRsyslog(t *testing.T) {
 				t.Fatalf("actions at rsyslog: %v", actions)
 			}
 			if c.format == "cef" {
+				if out := os.Getenv("KMSPROXY_SIEM_SAMPLES"); out != "" {
+					if err := os.WriteFile(out+".cef", []byte(strings.Join(got, "\n")+"\n"), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
 				return
 			}
 			msgs := parseAll(t, got)
