@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -148,7 +149,7 @@ var rpcclientFound = []string{"user:[", "group:[", "Domain Name:", "Domain Sid:"
 func rpcclientTCP(cmd string) func(t *testing.T) {
 	return func(t *testing.T) {
 		env := startNetnsEnv(t, netnsPorts...)
-		r := run(t, 20*time.Second, rpcclientBin, "-U", "", "-N", "ncacn_ip_tcp:127.0.0.1[1688]", "-c", cmd)
+		r := rpcclient(t, "-U", "", "-N", "ncacn_ip_tcp:127.0.0.1[1688]", "-c", cmd)
 		assertRPCClientFailed(t, r)
 		if !strings.Contains(r.stderr, "Could not initialise") {
 			t.Errorf("rpcclient did not report failing to open the pipe\n%s", r)
@@ -165,7 +166,7 @@ func rpcclientTCP(cmd string) func(t *testing.T) {
 // not DCE/RPC at all, so the proxy closes it as a protocol violation.
 func rpcclientSMB(t *testing.T) {
 	env := startNetnsEnv(t, netnsPorts...)
-	r := run(t, 20*time.Second, rpcclientBin, "-U", "", "-N", "127.0.0.1", "-c", "enumdomusers")
+	r := rpcclient(t, "-U", "", "-N", "127.0.0.1", "-c", "enumdomusers")
 	assertRPCClientFailed(t, r)
 	env.WaitEvent("protocol-violation", map[string]any{"destination.port": 445})
 	assertNothingAtHost(t, env)
@@ -179,7 +180,7 @@ func rpcclientSteered(cmd, pipe, uuid string) func(t *testing.T) {
 	return func(t *testing.T) {
 		env := startNetnsEnv(t, 1688)
 		epm := startSteeringEPM(t, "127.0.0.1:135", 1688)
-		r := run(t, 20*time.Second, rpcclientBin, "-U", "", "-N", "ncacn_ip_tcp:127.0.0.1[1688]", "-c", cmd)
+		r := rpcclient(t, "-U", "", "-N", "ncacn_ip_tcp:127.0.0.1[1688]", "-c", cmd)
 		assertRPCClientFailed(t, r)
 		if epm.maps.Load() == 0 {
 			t.Fatalf("rpcclient never asked the endpoint mapper: the case proves nothing\n%s", r)
@@ -191,6 +192,25 @@ func rpcclientSteered(cmd, pipe, uuid string) func(t *testing.T) {
 		t.Logf("bind-refused: interface %v reason %v auth %v", ev["dcerpc.interface.name"], ev["event.reason"], ev["dcerpc.auth.type"])
 		assertNothingAtHost(t, env)
 	}
+}
+
+// rpcclient runs Samba's rpcclient with a private smb.conf whose state,
+// lock and cache directories are in a temporary directory: the system ones
+// need not exist or be writable (they are not for a non-root user).
+func rpcclient(t *testing.T, args ...string) result {
+	t.Helper()
+	dir := t.TempDir()
+	var conf strings.Builder
+	conf.WriteString("[global]\n")
+	for _, key := range []string{"lock directory", "state directory", "cache directory", "private dir", "ncalrpc dir", "pid directory", "binddns dir"} {
+		fmt.Fprintf(&conf, "  %s = %s\n", key, filepath.Join(dir, strings.ReplaceAll(key, " ", "-")))
+	}
+	fmt.Fprintf(&conf, "  log file = %s\n", filepath.Join(dir, "log"))
+	path := filepath.Join(dir, "smb.conf")
+	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return run(t, 20*time.Second, rpcclientBin, append([]string{"-s", path}, args...)...)
 }
 
 func assertRPCClientFailed(t *testing.T, r result) {
