@@ -147,8 +147,9 @@ type SyslogSink struct {
 	stopped   chan struct{}
 	closeOnce sync.Once
 
-	conn     net.Conn  // owned by the writer goroutine
-	deadline time.Time // while flushing at Close: no write may end later
+	conn     net.Conn                 // owned by the writer goroutine
+	deadline time.Time                // while flushing at Close: no write may end later
+	live     atomic.Pointer[net.Conn] // conn, for Close to cut a blocked write short
 }
 
 type syslogEntry struct {
@@ -283,7 +284,12 @@ func (s *SyslogSink) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.done)
-		t := time.AfterFunc(s.opts.FlushTimeout, s.cancel)
+		t := time.AfterFunc(s.opts.FlushTimeout, func() {
+			s.cancel()
+			if c := s.live.Load(); c != nil {
+				(*c).SetWriteDeadline(time.Now()) // a write stuck on a stalled collector
+			}
+		})
 		<-s.stopped
 		t.Stop()
 		s.cancel()
@@ -396,6 +402,7 @@ func (s *SyslogSink) dial() error {
 		return fmt.Errorf("syslog: dial %s://%s: %w", s.network, s.addr, err)
 	}
 	s.conn = c
+	s.live.Store(&c)
 	s.connect.Add(1)
 	return nil
 }
@@ -425,6 +432,7 @@ func (s *SyslogSink) send(buf []byte, e *syslogEntry) ([]byte, bool) {
 	if s.network == "udp" {
 		return buf, true
 	}
+	s.live.Store(nil)
 	s.conn.Close()
 	s.conn = nil
 	s.setDown(fmt.Errorf("syslog: write %s://%s: %w", s.network, s.addr, err))
@@ -446,6 +454,7 @@ func (s *SyslogSink) flush(buf []byte) {
 }
 
 func (s *SyslogSink) finish() {
+	s.live.Store(nil)
 	if s.conn != nil {
 		s.conn.Close()
 		s.conn = nil

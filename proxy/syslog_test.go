@@ -338,8 +338,8 @@ func TestStalledCollectorNeverBlocksWrite(t *testing.T) {
 		t.Fatalf("dropped %d, connections %d, warned %d: want drops, a redial after the write timeout, a warning",
 			st.Dropped, accepted.Load(), warned.Load())
 	}
-	if slowest > 50*time.Millisecond {
-		t.Fatalf("a Write took %v", slowest)
+	if slowest > 2*time.Second {
+		t.Fatalf("a Write took %v", slowest) // gross check; see TestWriteNeverWaitsForTheWriter
 	}
 	start := time.Now()
 	sink.Close()
@@ -438,4 +438,56 @@ func counterValue(t *testing.T, c prometheus.Counter) uint64 {
 		t.Fatal(err)
 	}
 	return uint64(m.GetCounter().GetValue())
+}
+
+// With the writer stuck for a minute in a write to a collector that
+// stopped reading, Write still returns at once (a blocking Write would
+// wait the minute), and Close is bounded by FlushTimeout, not the write
+// timeout.
+func TestWriteNeverWaitsForTheWriter(t *testing.T) {
+	ln, _ := stallListener(t)
+	sink, core, err := NewSyslogSink(SyslogOptions{
+		Address: "tcp://" + ln.Addr().String(), QueueSize: 16,
+		WriteTimeout: time.Minute, FlushTimeout: 100 * time.Millisecond,
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zap.New(core)
+	pad := strings.Repeat("x", 8000)
+	// Fill the socket buffers (a few MB) until the writer stops making
+	// progress: it is then blocked in Write for up to a minute.
+	deadline := time.Now().Add(20 * time.Second)
+	lastSent, still := uint64(0), time.Now()
+	for time.Since(still) < 500*time.Millisecond {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never blocked")
+		}
+		for range 20 {
+			log.Info("event", zap.String("pad", pad))
+		}
+		time.Sleep(time.Millisecond)
+		if n := sink.Stats().Sent; n != lastSent {
+			lastSent, still = n, time.Now()
+		}
+	}
+	before := sink.Stats()
+	var slowest time.Duration
+	for range 1000 {
+		start := time.Now()
+		log.Info("event", zap.String("pad", pad))
+		slowest = max(slowest, time.Since(start))
+	}
+	if slowest > 5*time.Second {
+		t.Fatalf("a Write waited %v for the blocked writer", slowest)
+	}
+	after := sink.Stats()
+	if after.Connects != 1 || after.Sent != before.Sent || after.Dropped-before.Dropped < 1000-16 {
+		t.Fatalf("before %+v after %+v: want the writer stuck, the later events dropped", before, after)
+	}
+	start := time.Now()
+	sink.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Close took %v with a one-minute write timeout", d)
+	}
 }
