@@ -24,7 +24,10 @@ HOST_PORT=21688 KMSPROXY_PORT=21689 HAPROXY_PORT=21690 MGMT_PORT=21691
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$(mktemp -d /tmp/kmscompare.XXXXXX)}
-mkdir -p "$OUT/bin"
+mkdir -p "$OUT/bin" "$OUT/etc" "$OUT/log"
+# Config and log in different directories, as in /etc and /var/log: the
+# proxy watches its config directory, and a log written there would wake
+# the watcher on every event.
 results=$OUT/results.jsonl
 : >"$results"
 
@@ -55,7 +58,7 @@ echo "== building into $OUT/bin"
 (cd "$root" && go build -o "$OUT/bin/" ./cmd/kmsproxy ./test/load/cmd/kmsload ./test/load/cmd/kmshost)
 load=$OUT/bin/kmsload
 
-cat >"$OUT/kmsproxy.yaml" <<EOF
+cat >"$OUT/etc/kmsproxy.yaml" <<EOF
 # Realistic policy (zone, KMS rule with a kms: block, every event logged as
 # ECS JSON to a file on disk); limits raised so the benchmark measures the
 # proxy, not its refusals.
@@ -119,11 +122,28 @@ haproxy -c -q -f "$OUT/haproxy.cfg"
 
 "$OUT/bin/kmshost" -listen "127.0.0.1:$HOST_PORT" >"$OUT/kmshost.log" 2>&1 &
 host_pid=$!; pids+=("$host_pid")
-haproxy -db -f "$OUT/haproxy.cfg" >>"$OUT/haproxy.log" 2>&1 &
-haproxy_pid=$!; pids+=("$haproxy_pid")
-"$OUT/bin/kmsproxy" serve --config "$OUT/kmsproxy.yaml" >>"$OUT/kmsproxy.log" 2>&1 &
-kmsproxy_pid=$!; pids+=("$kmsproxy_pid")
-wait_port $HOST_PORT; wait_port $HAPROXY_PORT; wait_port $KMSPROXY_PORT
+haproxy_pid="" kmsproxy_pid=""
+start_haproxy() {
+	haproxy -db -f "$OUT/haproxy.cfg" >>"$OUT/log/haproxy.log" 2>&1 &
+	haproxy_pid=$!; pids+=("$haproxy_pid")
+	wait_port $HAPROXY_PORT
+}
+start_kmsproxy() {
+	"$OUT/bin/kmsproxy" serve --config "$OUT/etc/kmsproxy.yaml" >>"$OUT/log/kmsproxy.log" 2>&1 &
+	kmsproxy_pid=$!; pids+=("$kmsproxy_pid")
+	wait_port $KMSPROXY_PORT
+}
+# stop PID: end one process this script started, and wait for it.
+stop() {
+	kill "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+	local keep=() p
+	for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+	pids=("${keep[@]}")
+}
+wait_port $HOST_PORT
+start_haproxy
+start_kmsproxy
 
 addr_of() { case $1 in direct) echo 127.0.0.1:$HOST_PORT ;; haproxy) echo 127.0.0.1:$HAPROXY_PORT ;; kmsproxy) echo 127.0.0.1:$KMSPROXY_PORT ;; esac; }
 pid_of() { case $1 in direct) echo "" ;; haproxy) echo $haproxy_pid ;; kmsproxy) echo $kmsproxy_pid ;; esac; }
@@ -134,9 +154,9 @@ logbytes=$OUT/logbytes.txt
 : >"$logbytes"
 flush_logs() {
 	local t=$1 n
-	n=$(stat -c %s "$OUT/$t.log" 2>/dev/null || echo 0)
+	n=$(stat -c %s "$OUT/log/$t.log" 2>/dev/null || echo 0)
 	echo "$t $n" >>"$logbytes"
-	: >"$OUT/$t.log"
+	: >"$OUT/log/$t.log"
 }
 
 echo "== machine: $(nproc) CPUs, kernel $(uname -r), $(haproxy -v | head -1), $(go version)"
@@ -169,14 +189,20 @@ done
 
 cp "$logbytes" "$OUT/logbytes-rounds.txt"
 
-echo "== idle connections (held ${IDLE_HOLD}s)"
-"$load" idle -addr "$(addr_of haproxy)" -n "$IDLE_N_HAPROXY" -hold "${IDLE_HOLD}s" -pid $haproxy_pid -label haproxy -json "$results"
-sleep 3
-"$load" idle -addr "$(addr_of kmsproxy)" -n "$IDLE_N" -hold "${IDLE_HOLD}s" -pid $kmsproxy_pid -label kmsproxy -json "$results"
-sleep 3
-"$load" idle -addr "$(addr_of haproxy)" -n "$IDLE_BIND_N" -bind -hold "${IDLE_HOLD}s" -pid $haproxy_pid -label haproxy -json "$results"
-sleep 3
-"$load" idle -addr "$(addr_of kmsproxy)" -n "$IDLE_BIND_N" -bind -hold "${IDLE_HOLD}s" -pid $kmsproxy_pid -label kmsproxy -json "$results"
+echo "== idle connections (held ${IDLE_HOLD}s), each on a freshly started proxy warmed with 200 activations"
+# A fresh process per idle test: a proxy that just served the rounds has
+# heap to spare, which would hide what idle connections cost.
+idle() { # target n [-bind]
+	local t=$1 n=$2; shift 2
+	if [ $t = haproxy ]; then stop $haproxy_pid; start_haproxy; else stop $kmsproxy_pid; start_kmsproxy; fi
+	"$load" activate -addr "$(addr_of $t)" -c 4 -n 200 >/dev/null
+	sleep 1
+	"$load" idle -addr "$(addr_of $t)" -n "$n" "$@" -hold "${IDLE_HOLD}s" -pid "$(pid_of $t)" -label $t -json "$results"
+}
+idle haproxy "$IDLE_N_HAPROXY"
+idle kmsproxy "$IDLE_N"
+idle haproxy "$IDLE_BIND_N" -bind
+idle kmsproxy "$IDLE_BIND_N" -bind
 for t in haproxy kmsproxy; do flush_logs $t; done
 
 echo
