@@ -58,7 +58,7 @@ rules:
     action: allow
 on_deny: reject
 limits:
-  connections_per_source: 2
+  connections_per_source: PERSOURCE
   handshake_timeout: 2s
   idle_timeout: 2s
   upstream_connect_timeout: 1s
@@ -68,9 +68,18 @@ EXTRA
 
 func withExtra(cfg, extra string) string { return strings.Replace(cfg, "EXTRA", extra, 1) }
 
+// startEnv starts the fixture host and a proxy with proxyConfig plus extra
+// and the default per-source connection limit (16): the probe's checks
+// follow each other faster than closed sessions are always released.
 func startEnv(t *testing.T, mode fixture.Mode, extra string) *fixture.Env {
 	t.Helper()
-	return fixture.StartEnv(t, mode, withExtra(proxyConfig, extra))
+	return startEnvPerSource(t, mode, extra, 16)
+}
+
+func startEnvPerSource(t *testing.T, mode fixture.Mode, extra string, perSource int) *fixture.Env {
+	t.Helper()
+	cfg := strings.Replace(withExtra(proxyConfig, extra), "PERSOURCE", strconv.Itoa(perSource), 1)
+	return fixture.StartEnv(t, mode, cfg)
 }
 
 // settle gives in-flight bytes time to arrive before asserting absence.

@@ -99,7 +99,7 @@ func TestProxyProtocolSetsSource(t *testing.T) {
 
 // Limits and zone admission key on the carried source, not the balancer.
 func TestProxyProtocolLimitsUseCarriedSource(t *testing.T) {
-	e := startEnv(t, fixture.Replay, lbConfig) // connections_per_source: 2
+	e := startEnvPerSource(t, fixture.Replay, lbConfig, 2)
 	var held []*fixture.Client
 	for range 2 {
 		cl := e.Dial(srcLB)
