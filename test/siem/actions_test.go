@@ -127,8 +127,15 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 		t.Fatalf("no upstream: got %v", p.Type)
 	}
 	cl.ExpectClosed(5 * time.Second)
-	e.WaitEvent(proxy.ActionLogEventsDropped, nil)
 	waitCount(t, e2, proxy.ActionConnectionClosed, 1)
+	// The warning is teed to stdout first and to the sink after: wait for
+	// it at rsyslog itself before closing the sink.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(strings.Join(rs.messages("tcp"), "\n"), " log-events-dropped "); {
+		if time.Now().After(deadline) {
+			t.Fatal("no log-events-dropped at rsyslog")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	s.Sink.Close()
 
 	msgs := parseAll(t, rs.messages("tcp"))

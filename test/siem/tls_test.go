@@ -234,6 +234,13 @@ func TestTLSCollector(t *testing.T) {
 			o := base
 			c.mod(&o)
 			s := newSink(t, o, nil)
+			// Events queued before the first handshake fails wait for a
+			// reconnect; once it has failed, new events are dropped.
+			for deadline := time.Now().Add(10 * time.Second); s.Sink.Stats().Connected; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("sink never noticed the failed handshake")
+				}
+			}
 			e := fixture.StartEnvWith(t, fixture.Replay, baseConfig, s.Opts)
 			activate(t, e, srcDMZ) // the proxy works regardless
 			waitCount(t, e, "connection-closed", 1)
