@@ -16,6 +16,15 @@ import (
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 
+// maxLiveContexts bounds the presentation contexts one association may
+// accumulate over repeated alter_contexts.
+const maxLiveContexts = 64
+
+// maxHeldCallBytes bounds the whole fragments held for one call: the stub
+// limit plus a quarter for fragment headers, so a stream of empty
+// fragments cannot grow the buffer.
+func maxHeldCallBytes(maxCallBytes int) int { return maxCallBytes + maxCallBytes/4 + 4096 }
+
 // maxOutstandingCalls bounds calls forwarded and not yet answered on one
 // connection, so a client cannot make the proxy remember unbounded state.
 const maxOutstandingCalls = 32
@@ -241,6 +250,12 @@ func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 	}
 	d := rt.Policy.DecideBind(s.src.Addr(), p)
 	s.shadowBind(rt, p, d)
+	s.mu.Lock()
+	live := len(s.live)
+	s.mu.Unlock()
+	if d.Verdict == acl.Allow && live+int(p.Bind.NumContexts) > maxLiveContexts {
+		d = acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: acl.ReasonTooManyContexts}
+	}
 	if d.Verdict != acl.Allow {
 		s.refuseBind(rt, p, d)
 		return false
@@ -366,7 +381,8 @@ func (s *session) handleRequest(rt *Runtime, p *rpcparse.PDU, frag []byte) bool 
 			raw: s.asm.raw[:0], stub: s.asm.stub[:0]}
 	}
 	s.asm.stubLen += len(r.Stub)
-	if s.asm.stubLen > lim.MaxCallBytes {
+	// Bound the stub and, for floods of tiny fragments, the held bytes.
+	if s.asm.stubLen > lim.MaxCallBytes || len(s.asm.raw)+len(frag) > maxHeldCallBytes(lim.MaxCallBytes) {
 		s.refuseRequest(rt, p, acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonCallTooLarge})
 		return false
 	}

@@ -271,3 +271,35 @@ func TestNTLMNullSessionInAuth3(t *testing.T) {
 		e.WaitEvent("bind-refused", map[string]any{"event.reason": "auth-not-allowed", "kmsproxy.auth_class": "anonymous"})
 	}
 }
+
+// Repeated alter_contexts cannot grow an association's live contexts
+// without bound.
+func TestAlterContextSpamBounded(t *testing.T) {
+	cfg := strings.Replace(baseConfig, "idle_timeout: 2s", "idle_timeout: 5s", 1)
+	e := startEnv(t, fixture.Replay, cfg)
+	cl := e.Dial(srcDMZ)
+	cl.Send(kmsBind())
+	cl.MustRecv()
+	id := uint16(1)
+	for round := 0; ; round++ {
+		ctxs := make([]rpcparse.ContextSpec, 8)
+		for i := range ctxs {
+			ctxs[i] = ctx(id, kmsIface)
+			id++
+		}
+		cl.Send(bindPDU(le, rpcparse.PTypeAlterContext, uint32(3+round), nil, ctxs...))
+		p := fixture.Parse(t, cl.MustRecv())
+		if p.Type == rpcparse.PTypeFault {
+			// 1 context from the bind plus id-1 offered in alter_contexts.
+			if total := 1 + int(id-1); total <= 64 {
+				t.Fatalf("refused at %d contexts, within the bound of 64", total)
+			}
+			break
+		}
+		if p.Type != rpcparse.PTypeAlterContextResp || round > 10 {
+			t.Fatalf("round %d: got %v; the bound was never enforced", round, p.Type)
+		}
+	}
+	cl.ExpectClosed(5 * time.Second)
+	e.WaitEvent("bind-refused", map[string]any{"event.reason": "too-many-contexts"})
+}

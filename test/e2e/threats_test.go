@@ -71,6 +71,7 @@ func threats(t *testing.T) []threat {
 		threat{"calls interleave", kmsBind(), pdus(requestPDU(3, first, 0, 0, stub[:100]), requestPDU(5, first, 0, 0, stub[:100])), wantClose, 0, 1},
 		threat{"fragment without first", kmsBind(), pdus(requestPDU(3, last, 0, 0, stub)), wantClose, 0, 1},
 		threat{"call above max_call_bytes", kmsBind(), pdus(requestPDU(3, first, 0, 0, make([]byte, 5000)), requestPDU(3, 0, 0, 0, make([]byte, 5000))), wantFault, rpcparse.StatusAccessDenied, 1},
+		threat{"flood of empty fragments", kmsBind(), emptyFragments(1000), wantFault, rpcparse.StatusAccessDenied, 1},
 		threat{"frag_length shorter than header", nil, pdus(withFragLen(kmsBind(), 10)), wantClose, 0, 0},
 		threat{"frag_length zero", nil, pdus(withFragLen(kmsBind(), 0)), wantClose, 0, 0},
 		threat{"frag_length above max_fragment", nil, pdus(withFragLen(kmsBind(), 6000)), wantClose, 0, 0},
@@ -176,4 +177,14 @@ func withByte(b []byte, off int, v byte) []byte {
 	b = bytes.Clone(b)
 	b[off] = v
 	return b
+}
+
+// emptyFragments is a first fragment followed by n stub-less middle ones:
+// no stub bytes, but held bytes that must still be bounded.
+func emptyFragments(n int) [][]byte {
+	out := [][]byte{requestPDU(3, first, 0, 0, make([]byte, 8))}
+	for i := 0; i < n; i++ {
+		out = append(out, requestPDU(3, 0, 0, 0, nil))
+	}
+	return out
 }
