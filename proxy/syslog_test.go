@@ -338,12 +338,12 @@ func TestStalledCollectorNeverBlocksWrite(t *testing.T) {
 		t.Fatalf("dropped %d, connections %d, warned %d: want drops, a redial after the write timeout, a warning",
 			st.Dropped, accepted.Load(), warned.Load())
 	}
-	if slowest > 2*time.Second {
+	if slowest > 5*time.Second { // liveness, not speed: the data path must never wait on the sink
 		t.Fatalf("a Write took %v", slowest) // gross check; see TestWriteNeverWaitsForTheWriter
 	}
 	start := time.Now()
 	sink.Close()
-	if d := time.Since(start); d > time.Second {
+	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("Close took %v", d)
 	}
 	if got := counterValue(t, dropped); got != sink.Stats().Dropped {
@@ -487,7 +487,7 @@ func TestWriteNeverWaitsForTheWriter(t *testing.T) {
 	}
 	start := time.Now()
 	sink.Close()
-	if d := time.Since(start); d > time.Second {
+	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("Close took %v with a one-minute write timeout", d)
 	}
 }
