@@ -57,6 +57,11 @@ func (s *Server) park(sess *session) bool {
 	if fd < 0 {
 		return false
 	}
+	// Most clients send their bind with the handshake: if bytes are
+	// already waiting, start at once and skip the epoll round trip.
+	if n, err := unix.Poll([]unix.PollFd{{Fd: fd, Events: unix.POLLIN}}, 0); err == nil && n > 0 {
+		return false
+	}
 	p.mu.Lock()
 	p.waiting[fd] = sess
 	p.mu.Unlock()

@@ -131,6 +131,26 @@ type sniffConn struct {
 }
 
 func (c *sniffConn) Read(p []byte) (int, error) {
+	if !c.done && c.n == 0 && len(p) >= len(c.pre) {
+		// The usual case in one read straight into the caller's buffer: an
+		// RPC client's first byte (5) starts no signature, so the first
+		// bytes decide.
+		m, err := c.Conn.Read(p)
+		switch matchProxySignature(p[:m]) {
+		case sigNone:
+			c.done = true
+			return m, err
+		case sigMatch:
+			c.done = true
+			return 0, fmt.Errorf("%w: %s", ErrUntrustedProxyHeader, c.RemoteAddr())
+		}
+		// A signature prefix cut short (always under 12 bytes): hold it and
+		// sniff on below.
+		c.n = copy(c.pre[:], p[:m])
+		if err != nil {
+			c.done, c.err = true, err
+		}
+	}
 	if !c.done {
 		if err := c.sniff(); err != nil {
 			return 0, err

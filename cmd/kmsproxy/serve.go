@@ -53,6 +53,13 @@ func newServeCommand() *cobra.Command {
 	return cmd
 }
 
+// stdoutBufferSize and stdoutFlushInterval bound how much and how long
+// events wait before reaching stdout; a clean shutdown flushes them.
+const (
+	stdoutBufferSize    = 256 << 10
+	stdoutFlushInterval = 200 * time.Millisecond
+)
+
 func serve(path string) error {
 	cfg, err := config.Load(path)
 	if err != nil {
@@ -81,7 +88,11 @@ func serve(path string) error {
 		defer sink.Close() // after log.Sync: flushes the last events
 		extra = append(extra, core)
 	}
-	log, err := proxy.NewLogger(cfg.Log.Level, cfg.Log.Format, os.Stdout, extra...)
+	// Events are written to stdout through a buffer flushed every
+	// stdoutFlushInterval (and on exit): one write per batch, not per event.
+	stdout := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(os.Stdout), Size: stdoutBufferSize, FlushInterval: stdoutFlushInterval}
+	defer stdout.Stop()
+	log, err := proxy.NewLogger(cfg.Log.Level, cfg.Log.Format, stdout, extra...)
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
