@@ -56,6 +56,10 @@ wait_port() {
 
 echo "== building into $OUT/bin"
 (cd "$root" && go build -o "$OUT/bin/" ./cmd/kmsproxy ./test/load/cmd/kmsload ./test/load/cmd/kmshost)
+# The tree may be shared with people changing the proxy: say what was built.
+echo "== source: $(git -C "$root" log -1 --format='%h %cI %s' | cut -c1-100)"
+dirty=$(git -C "$root" status --short -- cmd proxy rpcparse acl config | wc -l)
+echo "== uncommitted changes under cmd proxy rpcparse acl config: $dirty file(s)"
 load=$OUT/bin/kmsload
 
 cat >"$OUT/etc/kmsproxy.yaml" <<EOF

@@ -128,7 +128,9 @@ func Metrics(url string) (map[string]float64, error) {
 	if url == "" {
 		return nil, nil
 	}
-	c := http.Client{Timeout: 5 * time.Second}
+	// No keep-alive: a scrape must not leave a connection open in the
+	// process whose descriptors it counts.
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(url)
 	if err != nil {
 		return nil, err

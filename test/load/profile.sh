@@ -80,16 +80,46 @@ perf report -i "$OUT/perf.data" --children --sort sym --stdio -g none >"$OUT/per
 grep -v -e '^#' -e '^$' "$OUT/perf-dso.txt" | head -8 || true
 grep -v -e '^#' -e '^$' "$OUT/perf-sym.txt" | head -40 || true
 
-echo "== strace -c -f -p kmsproxy, 5 s under $CONC clients (strace slows the proxy; the counts are what matter)"
-"$load" activate -addr 127.0.0.1:$KMSPROXY_PORT -c "$CONC" -d 7s -pid $kp >"$OUT/strace-load.txt" &
-lp=$!
-sleep 1
-before=$(grep -c '"kms-activation"' "$OUT/log/kmsproxy.log" || true)
-timeout -s INT 5 strace -c -f -p $kp -o "$OUT/strace.txt" || true
-after=$(grep -c '"kms-activation"' "$OUT/log/kmsproxy.log" || true)
-wait $lp
-echo "activations during strace: $((after - before)) (from kms-activation events)"
-head -30 "$OUT/strace.txt" || true
+echo "== strace -c -f, 5 s under $CONC clients (strace slows the process; the counts are what matter)"
+strace_per_activation() { # pid addr name
+	"$load" activate -addr "$2" -c "$CONC" -d 7s -pid "$1" >"$OUT/strace-load-$3.txt" &
+	local lp=$!
+	sleep 1
+	timeout -s INT 5 strace -c -f -p "$1" -o "$OUT/strace-$3.txt" 2>/dev/null || true
+	wait $lp
+	# One accepted connection is one activation: normalise by successful accept4.
+	awk 'NR>2 && NF>=5 && $NF!="total" {c[$NF]=$4; e[$NF]=(NF==6?$5:0)}
+	END {n=c["accept4"]-e["accept4"]; if (n<1) n=1; printf "system calls per activation (%d accepted connections in the window):\n", n;
+	     for (k in c) printf "  %-14s %6.1f%s\n", k, c[k]/n, (e[k]>0? sprintf("  (%.1f failed: EAGAIN/EINPROGRESS)", e[k]/n) : "")}' "$OUT/strace-$3.txt" |
+		(read -r h; echo "$3 $h"; sort -k2 -rn) | tee "$OUT/strace-per-activation-$3.txt"
+}
+strace_per_activation $kp 127.0.0.1:$KMSPROXY_PORT kmsproxy
+if command -v haproxy >/dev/null; then
+	# The comparison's HAProxy (threads = CPUs, source ACL, tcplog to a file), for reference.
+	cat >"$OUT/etc/haproxy.cfg" <<HAEOF
+global
+    nbthread $(nproc)
+    maxconn 9950
+    log stdout format raw local0
+defaults
+    mode tcp
+    log global
+    option tcplog
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+frontend kms
+    bind 127.0.0.1:21696
+    tcp-request connection reject unless { src 127.0.0.0/8 }
+    default_backend kmshost
+backend kmshost
+    server kms1 127.0.0.1:$HOST_PORT
+HAEOF
+	haproxy -db -f "$OUT/etc/haproxy.cfg" >>"$OUT/log/haproxy.log" 2>&1 &
+	hp=$!; pids+=($hp)
+	wait_port 21696
+	strace_per_activation $hp 127.0.0.1:21696 haproxy
+fi
 
 echo "== in-process benchmark: pprof"
 (cd "$root" && go test ./test/load -run '^$' -bench ThroughProxy -benchtime 30000x -count 1 -cpuprofile "$OUT/cpu.out" -o "$OUT/load.test") | grep Benchmark
