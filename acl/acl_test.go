@@ -482,7 +482,8 @@ func TestDecideKMS(t *testing.T) {
 		{1, KMSFacts{Version: 5, Application: winApp}, Deny, "lax", ReasonKMSVersionNotAllowed},
 		{1, KMSFacts{Malformed: true}, Allow, "lax", ReasonAllowed},
 		{2, KMSFacts{Version: 99, Application: other}, Allow, "any", ReasonAllowed},
-		{3, KMSFacts{Malformed: true}, Allow, "plain", ReasonAllowed},
+		{3, KMSFacts{Malformed: true}, Deny, "plain", ReasonKMSMalformed}, // no block: defaults, fail closed
+		{3, KMSFacts{Version: 99, Application: other}, Allow, "plain", ReasonAllowed},
 		{4, KMSFacts{Version: 6, Application: winApp}, Deny, "", ReasonNoMatchingRule},
 		{-1, KMSFacts{Version: 6, Application: winApp}, Deny, "", ReasonNoMatchingRule},
 		{5, KMSFacts{Version: 6, Application: winApp}, Deny, "", ReasonNoMatchingRule},

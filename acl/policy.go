@@ -487,8 +487,10 @@ func (p *Policy) HasKMSPolicy(ruleIndex int) bool {
 
 // DecideKMS checks a decoded activation request against the kms: block of the
 // allow rule (ruleIndex, from DecideRequest) that let the request through.
-// A rule without a block allows; a malformed request passes only when the
-// block does not reject malformed requests.
+// A rule without a block has the block's defaults: any version and
+// application, malformed requests refused (fail closed: leaving the block
+// out never lets a forged or broken request reach the host). A malformed
+// request passes only when a block says reject_malformed: false.
 func (p *Policy) DecideKMS(ruleIndex int, f KMSFacts) Decision {
 	if p == nil || ruleIndex < 0 || ruleIndex >= len(p.rules) || p.rules[ruleIndex].action != Allow {
 		return noMatch
@@ -498,6 +500,10 @@ func (p *Policy) DecideKMS(ruleIndex int, f KMSFacts) Decision {
 	k := r.kms
 	switch {
 	case k == nil:
+		if f.Malformed {
+			d.Reason = ReasonKMSMalformed
+			return d
+		}
 	case f.Malformed:
 		if k.RejectMalformed {
 			d.Reason = ReasonKMSMalformed

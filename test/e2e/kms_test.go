@@ -113,6 +113,32 @@ func TestTamperedV4Refused(t *testing.T) {
 	e.WaitEvent("request-refused", map[string]any{"event.reason": "kms-malformed", "kms.error": "kms-bad-mac"})
 }
 
+// A KMS rule with no kms: block has the block's defaults: a request that
+// fails its MAC is refused all the same, and a genuine one goes through.
+func TestNoKMSBlockStillRejectsMalformed(t *testing.T) {
+	noBlock := strings.Replace(baseConfig, `    kms:
+      versions: [4, 5, 6]
+      reject_malformed: true
+`, "", 1)
+	if noBlock == baseConfig {
+		t.Fatal("config edit did not apply")
+	}
+	e := startEnv(t, fixture.Replay, noBlock)
+	v4 := mustCapture(t, "win10-v4")
+	e.Host.UseCapture(v4.Name)
+	req := bytes.Clone(v4.C2S[2])
+	req[len(req)-60] ^= 0x01
+	cl := bindAndAlter(t, e, srcDMZ, v4)
+	expectRefusedCall(t, e, cl, 0, req)
+	e.WaitEvent("request-refused", map[string]any{"event.reason": "kms-malformed", "kms.error": "kms-bad-mac", "rule.name": "dmz-activation"})
+
+	cl = bindAndAlter(t, e, srcDMZ, v4)
+	cl.Send(v4.C2S[2])
+	if got := cl.MustRecv(); !bytes.Equal(got, v4.S2C[2]) {
+		t.Fatal("genuine V4 activation under a rule without a kms block failed")
+	}
+}
+
 // The same client machine ID from two sources raises kms-duplicate-cmid.
 func TestDuplicateCMID(t *testing.T) {
 	e := startEnv(t, fixture.Replay, kmsConfig)
