@@ -8,6 +8,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 
 // Event actions (DESIGN Events). They are the event.action values SIEM
@@ -93,6 +95,26 @@ var eventTypes = map[string][]string{
 
 var eventCategory = zap.Strings("event.category", []string{"network"})
 
+// eventFieldsCap holds every field of the largest event.
+const eventFieldsCap = 40
+
+// uuidText returns the text of a well-known interface UUID without
+// allocating; other UUIDs are formatted.
+func uuidText(u rpcparse.UUID) string {
+	if t, ok := wellKnownUUIDText[u]; ok {
+		return t
+	}
+	return u.String()
+}
+
+var wellKnownUUIDText = func() map[rpcparse.UUID]string {
+	m := make(map[rpcparse.UUID]string, len(rpcparse.WellKnownInterfaces))
+	for _, i := range rpcparse.WellKnownInterfaces {
+		m[i.UUID] = i.UUID.String()
+	}
+	return m
+}()
+
 // eventFields returns the fields every event carries besides the
 // connection's own.
 func eventFields(action, outcome, reason string) []zap.Field {
@@ -100,7 +122,9 @@ func eventFields(action, outcome, reason string) []zap.Field {
 	if action == ActionKMSDuplicateCMID || action == ActionKMSClockSkew {
 		kind = "alert"
 	}
-	f := make([]zap.Field, 0, 12)
+	// Sized for the largest event (kms-activation), so building one never
+	// regrows the slice.
+	f := make([]zap.Field, 0, eventFieldsCap)
 	f = append(f,
 		zap.String("event.kind", kind),
 		eventCategory,

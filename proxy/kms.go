@@ -39,7 +39,7 @@ func (s *session) inspectCall(rt *Runtime, p *rpcparse.PDU, c *call, stub []byte
 	lim := rt.Config.Limits
 	if !s.srv.rate.allow(s.src.Addr(), lim.ActivationsPerMinutePerSource, time.Now()) {
 		d := acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonRateLimited}
-		s.refusalEvent(ActionRateLimited, d, p, requestFields(s, p)...)
+		s.refusalEvent(ActionRateLimited, d, p, appendRequestFields(nil, s, p)...)
 		s.setReason(ReasonRateLimited)
 		if s.onDenyReject() {
 			s.writeClient(rpcparse.AppendFault(nil, p.DataRep, p.CallID, p.Request.ContextID, rpcparse.StatusServerTooBusy, true))
@@ -63,7 +63,7 @@ func (s *session) inspectCall(rt *Runtime, p *rpcparse.PDU, c *call, stub []byte
 	d := rt.Policy.DecideKMS(s.asm.rule.RuleIndex, facts)
 	s.shadowKMS(rt, p, facts, d)
 	if d.Verdict != acl.Allow {
-		extra := kmsRequestFields(kc)
+		extra := appendKMSRequestFields(nil, kc)
 		s.refuseRequest(rt, p, d, extra...)
 		s.srv.metrics.KMSActivations.WithLabelValues(applicationLabel(kc), versionLabel(kc), "refused").Inc()
 		return false
@@ -82,8 +82,8 @@ func (s *session) finishKMSCall(c *call, p *rpcparse.PDU, stub []byte) {
 	f := eventFields(ActionKMSActivation, "unknown", "")
 	f = append(f, zap.String("rule.name", kc.rule), zap.Uint32("dcerpc.call_id", c.id),
 		zap.Uint16("dcerpc.opnum", c.opnum), zap.Uint16("dcerpc.context_id", c.ctxID),
-		zap.String("dcerpc.interface.name", "kms"), zap.String("dcerpc.interface.uuid", rpcparse.KMSInterfaceUUID.String()))
-	f = append(f, kmsRequestFields(kc)...)
+		zap.String("dcerpc.interface.name", "kms"), zap.String("dcerpc.interface.uuid", kmsUUIDText))
+	f = appendKMSRequestFields(f, kc)
 	result := "no-reply"
 	switch {
 	case p == nil:
@@ -91,8 +91,9 @@ func (s *session) finishKMSCall(c *call, p *rpcparse.PDU, stub []byte) {
 		result = "fault"
 		f = append(f, zap.String("kms.status", "0x"+strconv.FormatUint(uint64(p.Fault.Status), 16)))
 	default:
-		rf, hr, ok := s.decodeKMSResponse(c, kc, stub)
-		f = append(f, rf...)
+		var hr uint32
+		var ok bool
+		f, hr, ok = s.appendKMSResponse(f, c, kc, stub)
 		switch {
 		case !ok:
 			result = "malformed-reply"
@@ -112,31 +113,43 @@ func (s *session) finishKMSCall(c *call, p *rpcparse.PDU, stub []byte) {
 	s.srv.metrics.KMSActivations.WithLabelValues(applicationLabel(kc), versionLabel(kc), result).Inc()
 }
 
-func (s *session) decodeKMSResponse(c *call, kc *kmsCall, stub []byte) ([]zap.Field, uint32, bool) {
+// appendKMSResponse adds the reply's kms.* fields to f and reports its
+// HRESULT and whether the reply stub decoded.
+func (s *session) appendKMSResponse(f []zap.Field, c *call, kc *kmsCall, stub []byte) ([]zap.Field, uint32, bool) {
 	blob, hr, err := kms.ParseResponseStub(stub, c.ndr64)
 	if err != nil {
-		return []zap.Field{zap.String("kmsproxy.kms_reply_error", err.Error())}, 0, false
+		return append(f, zap.String("kmsproxy.kms_reply_error", err.Error())), 0, false
 	}
-	f := []zap.Field{zap.String("kms.status", hresultText(hr))}
+	f = append(f, zap.String("kms.status", hresultText(hr)))
 	if hr != 0 || kc.decodeErr != nil {
 		return f, hr, true
 	}
-	return append(f, kmsResponseFields(blob, &kc.req)...), hr, true
+	return appendKMSResponseFields(f, blob, &kc.req), hr, true
 }
+
+var kmsUUIDText = rpcparse.KMSInterfaceUUID.String()
 
 func hresultText(hr uint32) string {
-	t := "0x" + leftPad(strconv.FormatUint(uint64(hr), 16), 8)
-	if n := kms.HRESULTName(hr); n != "" {
-		t += " " + n
+	if hr == 0 {
+		return hresultOK
 	}
-	return t
+	return formatHRESULT(hr)
 }
 
-func leftPad(s string, n int) string {
-	for len(s) < n {
-		s = "0" + s
+var hresultOK = formatHRESULT(0)
+
+func formatHRESULT(hr uint32) string {
+	const hexDigits = "0123456789abcdef"
+	b := make([]byte, 0, 64)
+	b = append(b, '0', 'x')
+	for shift := 28; shift >= 0; shift -= 4 {
+		b = append(b, hexDigits[hr>>uint(shift)&0xf])
 	}
-	return s
+	if n := kms.HRESULTName(hr); n != "" {
+		b = append(b, ' ')
+		b = append(b, n...)
+	}
+	return string(b)
 }
 
 func applicationLabel(kc *kmsCall) string {
@@ -157,16 +170,17 @@ func versionLabel(kc *kmsCall) string {
 	return "other"
 }
 
-// kmsRequestFields are the kms.* fields of DESIGN Events taken from a request.
-func kmsRequestFields(kc *kmsCall) []zap.Field {
+// appendKMSRequestFields adds the kms.* fields of DESIGN Events taken from a
+// request to f.
+func appendKMSRequestFields(f []zap.Field, kc *kmsCall) []zap.Field {
 	if kc.decodeErr != nil {
-		return []zap.Field{
+		return append(f,
 			zap.String("kms.error", kms.Reason(kc.decodeErr)),
 			zap.String("error.message", kc.decodeErr.Error()),
-		}
+		)
 	}
 	r := &kc.req
-	return []zap.Field{
+	return append(f,
 		zap.Uint16("kms.version", r.MajorVersion),
 		zap.String("kms.application", nameOr(kms.ApplicationName(r.ApplicationID), r.ApplicationID)),
 		zap.String("kms.application_id", r.ApplicationID.String()),
@@ -180,7 +194,7 @@ func kmsRequestFields(kc *kmsCall) []zap.Field {
 		zap.Time("kms.client_time", r.Time()),
 		zap.Uint32("kms.required_count", r.RequiredCount),
 		zap.Bool("kms.virtual_machine", r.VMInfo == 1),
-	}
+	)
 }
 
 func nameOr(name string, id rpcparse.UUID) string {
@@ -260,20 +274,21 @@ func (w *kmsWatch) observe(s *session, rt *Runtime, kc *kmsCall) {
 	}
 }
 
-// kmsResponseFields are the kms.* fields taken from a successful reply.
-func kmsResponseFields(blob []byte, req *kms.Request) []zap.Field {
+// appendKMSResponseFields adds the kms.* fields taken from a successful
+// reply to f.
+func appendKMSResponseFields(f []zap.Field, blob []byte, req *kms.Request) []zap.Field {
 	var r kms.Response
 	if err := kms.DecodeResponse(blob, req, &r); err != nil {
-		return []zap.Field{zap.String("kms.reply_error", kms.Reason(err))}
+		return append(f, zap.String("kms.reply_error", kms.Reason(err)))
 	}
-	f := []zap.Field{
+	f = append(f,
 		zap.Uint32("kms.current_count", r.CurrentCount),
 		zap.String("kms.epid", r.EPID()),
 		zap.Uint32("kms.activation_interval", r.ActivationInterval),
 		zap.Uint32("kms.renewal_interval", r.RenewalInterval),
 		zap.Bool("kms.reply_cmid_match", r.CMIDMatch),
 		zap.Bool("kms.reply_time_match", r.TimeMatch),
-	}
+	)
 	switch r.MajorVersion {
 	case 4:
 		f = append(f, zap.Bool("kms.reply_verified", r.MACVerified))

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kmsproxy/kmsproxy/acl"
 )
 
 // Metrics are the Prometheus series of DESIGN Metrics. Label values come
@@ -20,6 +22,11 @@ type Metrics struct {
 	LogEventsDropped    prometheus.Counter
 	ShadowDifferences   *prometheus.CounterVec // live, shadow
 	ConfigLastReload    prometheus.Gauge
+
+	// Children of the vectors above that every activation touches, looked
+	// up once instead of hashing label values per PDU.
+	bindAllowed                prometheus.Counter
+	bytesToHost, bytesToClient prometheus.Counter
 }
 
 // NewMetrics creates and registers the series on a fresh registry.
@@ -62,6 +69,9 @@ func NewMetrics() *Metrics {
 			Name: "kmsproxy_config_last_reload_successful", Help: "1 if the last configuration load succeeded.",
 		}),
 	}
+	m.bindAllowed = m.Decisions.WithLabelValues(ActionBindAllowed, acl.ReasonAllowed)
+	m.bytesToHost = m.Bytes.WithLabelValues("client_to_host")
+	m.bytesToClient = m.Bytes.WithLabelValues("host_to_client")
 	r.MustRegister(m.Connections, m.ConnectionsActive, m.Decisions, m.KMSActivations, m.UpstreamDialSeconds,
 		m.UpstreamErrors, m.Bytes, m.ConfigReloads, m.LogEventsDropped, m.ShadowDifferences, m.ConfigLastReload)
 	return m

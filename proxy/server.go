@@ -93,8 +93,7 @@ func New(rt *Runtime, log *zap.Logger, metrics *Metrics) *Server {
 			zap.Int("kmsproxy.limits.connections", rt.Config.Limits.Connections),
 			zap.Int("kmsproxy.fd_budget_connections", s.fdConns), zap.Uint64("kmsproxy.rlimit_nofile", nofile))
 	}
-	var d net.Dialer
-	s.dial = d.DialContext
+	s.dial = upstreamDialer()
 	return s
 }
 
@@ -207,7 +206,7 @@ func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, ext
 	fields := append(connFields(id, src, dst, zone), extra...)
 
 	refuse := func(reason, rule string) {
-		f := append(fields, eventFields(ActionConnectionRefused, "failure", reason)...)
+		f := append(eventFields(ActionConnectionRefused, "failure", reason), fields...)
 		if rule != "" {
 			f = append(f, zap.String("rule.name", rule))
 		}
@@ -244,14 +243,14 @@ func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, ext
 	}
 	s.active++
 	s.perSource[src.Addr()]++
-	sess := newSession(s, c, id, src, dst, zone, extra)
+	sess := newSession(s, c, id, src, dst, zone, fields)
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 
 	s.metrics.Connections.WithLabelValues(zoneLabel(zone), "accepted").Inc()
 	s.metrics.ConnectionsActive.Inc()
-	s.log.Info("connection accepted", append(fields, eventFields(ActionConnectionAccepted, "success", "")...)...)
+	s.log.Info("connection accepted", append(eventFields(ActionConnectionAccepted, "success", ""), fields...)...)
 	s.start(sess)
 }
 

@@ -74,7 +74,7 @@ type session struct {
 	src    netip.AddrPort
 	dst    netip.AddrPort
 	zone   string
-	extra  []zap.Field // fields beyond connFields (PROXY protocol peer)
+	fields []zap.Field // the connection's fields (connFields and the PROXY protocol peer), made once at accept
 	log    *zap.Logger // nil until run
 	start  time.Time
 
@@ -108,9 +108,9 @@ type session struct {
 	calls     []call
 }
 
-func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, extra []zap.Field) *session {
+func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, fields []zap.Field) *session {
 	return &session{
-		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, extra: extra,
+		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, fields: fields,
 		start: time.Now(), drep: rpcparse.LittleEndianDataRep,
 	}
 }
@@ -120,7 +120,8 @@ func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
 // run is the client loop: frame, parse, decide, forward. It owns the
 // session's lifetime.
 func (s *session) run() {
-	s.log = s.srv.log.With(append(connFields(s.id, s.src, s.dst, s.zone), s.extra...)...)
+	s.log = s.srv.log.With(s.fields...)
+	s.fields = nil
 	defer s.srv.release(s)
 	defer s.finish()
 	rt := s.runtime()
@@ -300,8 +301,8 @@ func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 	for _, iface := range ifaces {
 		d := rt.Policy.DecideAuth(s.src.Addr(), iface, class)
 		if d.Verdict != acl.Allow {
-			s.refusalEvent(ActionBindRefused, d, p, append(authFields(p),
-				zap.String("dcerpc.interface.uuid", iface.UUID.String()),
+			s.refusalEvent(ActionBindRefused, d, p, append(appendAuthFields(nil, p),
+				zap.String("dcerpc.interface.uuid", uuidText(iface.UUID)),
 				zap.String("dcerpc.interface.name", rpcparse.InterfaceName(iface.UUID)))...)
 			s.setReason(d.Reason)
 			return false // auth3 has no answer PDU: refusing is closing
@@ -477,7 +478,7 @@ func (s *session) forward(b []byte) bool {
 		s.setReason("upstream-write-error")
 		return false
 	}
-	s.srv.metrics.Bytes.WithLabelValues("client_to_host").Add(float64(len(b)))
+	s.srv.metrics.bytesToHost.Add(float64(len(b)))
 	return true
 }
 
@@ -530,7 +531,7 @@ func (s *session) onDenyReject() bool { return s.runtime().Config.OnDeny != "dro
 
 func (s *session) refuseBind(rt *Runtime, p *rpcparse.PDU, d acl.Decision) {
 	action := ActionBindRefused
-	s.refusalEvent(action, d, p, bindFields(p)...)
+	s.refusalEvent(action, d, p, appendBindFields(nil, p)...)
 	s.setReason(d.Reason)
 	if !s.onDenyReject() {
 		return
@@ -555,7 +556,7 @@ func (s *session) refuseBind(rt *Runtime, p *rpcparse.PDU, d acl.Decision) {
 }
 
 func (s *session) refuseRequest(rt *Runtime, p *rpcparse.PDU, d acl.Decision, extra ...zap.Field) {
-	s.refusalEvent(ActionRequestRefused, d, p, append(requestFields(s, p), extra...)...)
+	s.refusalEvent(ActionRequestRefused, d, p, append(appendRequestFields(nil, s, p), extra...)...)
 	s.setReason(d.Reason)
 	if !s.onDenyReject() {
 		return
@@ -610,60 +611,68 @@ func (s *session) refusalEvent(action string, d acl.Decision, p *rpcparse.PDU, e
 func (s *session) logBind(p *rpcparse.PDU, d acl.Decision, auth rpcparse.AuthClass) {
 	f := eventFields(ActionBindAllowed, "success", "")
 	f = append(f, zap.String("rule.name", d.Rule), zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
-	f = append(f, bindFields(p)...)
+	f = appendBindFields(f, p)
 	s.log.Info(ActionBindAllowed, f...)
-	s.srv.metrics.Decisions.WithLabelValues(ActionBindAllowed, acl.ReasonAllowed).Inc()
+	s.srv.metrics.bindAllowed.Inc()
 }
 
-// bindFields describes a bind's first context and its auth for events.
-func bindFields(p *rpcparse.PDU) []zap.Field {
-	var f []zap.Field
+// appendBindFields adds a bind's first context and its auth to f.
+func appendBindFields(f []zap.Field, p *rpcparse.PDU) []zap.Field {
 	it := p.Bind.Contexts()
 	if it.Next() {
 		c := it.Context()
 		f = append(f,
-			zap.String("dcerpc.interface.uuid", c.Abstract.UUID.String()),
+			zap.String("dcerpc.interface.uuid", uuidText(c.Abstract.UUID)),
 			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(c.Abstract.UUID)),
 			zap.String("dcerpc.interface.version", versionString(c.Abstract)),
 		)
 	}
 	f = append(f, zap.Uint8("dcerpc.context_count", p.Bind.NumContexts))
-	f = append(f, authFields(p)...)
-	return f
+	return appendAuthFields(f, p)
 }
 
-func authFields(p *rpcparse.PDU) []zap.Field {
+func appendAuthFields(f []zap.Field, p *rpcparse.PDU) []zap.Field {
 	if !p.HasAuth {
-		return []zap.Field{zap.String("dcerpc.auth.type", "none")}
+		return append(f, zap.String("dcerpc.auth.type", "none"))
 	}
-	return []zap.Field{
+	return append(f,
 		zap.String("dcerpc.auth.type", p.Auth.Type.String()),
 		zap.String("dcerpc.auth.level", p.Auth.Level.String()),
 		zap.String("kmsproxy.auth_class", rpcparse.ClassifyAuth(p).String()),
-	}
+	)
 }
 
-func requestFields(s *session, p *rpcparse.PDU) []zap.Field {
-	f := []zap.Field{
+func appendRequestFields(f []zap.Field, s *session, p *rpcparse.PDU) []zap.Field {
+	f = append(f,
 		zap.Uint16("dcerpc.context_id", p.Request.ContextID),
 		zap.Uint16("dcerpc.opnum", p.Request.Opnum),
-	}
+	)
 	s.mu.Lock()
 	ctx, ok := s.liveContext(p.Request.ContextID)
 	s.mu.Unlock()
 	if ok {
 		f = append(f,
-			zap.String("dcerpc.interface.uuid", ctx.iface.UUID.String()),
+			zap.String("dcerpc.interface.uuid", uuidText(ctx.iface.UUID)),
 			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(ctx.iface.UUID)),
 			zap.String("dcerpc.interface.version", versionString(ctx.iface)),
 		)
 	}
-	return append(f, authFields(p)...)
+	return appendAuthFields(f, p)
 }
 
 func versionString(s rpcparse.SyntaxID) string {
+	if s.Major < 10 && s.Minor < 10 {
+		return smallVersions[s.Major*10+s.Minor] // no allocation for the usual x.y
+	}
 	return itoa(int(s.Major)) + "." + itoa(int(s.Minor))
 }
+
+var smallVersions = func() (v [100]string) {
+	for i := range v {
+		v[i] = itoa(i/10) + "." + itoa(i%10)
+	}
+	return v
+}()
 
 func itoa(n int) string {
 	var b [12]byte
@@ -729,7 +738,7 @@ func (s *session) hostLoop() {
 			s.abort("")
 			return
 		}
-		s.srv.metrics.Bytes.WithLabelValues("host_to_client").Add(float64(len(frag)))
+		s.srv.metrics.bytesToClient.Add(float64(len(frag)))
 	}
 }
 
@@ -753,13 +762,14 @@ func (s *session) failOutstanding() {
 			s.finishKMSCall(&c, nil, nil)
 		}
 	}
-	// Answered once, whichever loop noticed first.
+	// Answered once, whichever loop noticed first; the write happens under
+	// the lock so the other loop cannot close the client before it.
 	s.calls = nil
 	s.clearPending()
-	s.mu.Unlock()
 	if len(out) > 0 {
 		s.writeClient(out)
 	}
+	s.mu.Unlock()
 }
 
 // checkHostPDU updates the association from the host's answer and returns

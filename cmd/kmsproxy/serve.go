@@ -113,7 +113,7 @@ func serve(path string) error {
 	defer hs.Close()
 	go mgmt.CheckUpstreams(ctx)
 
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := proxy.Listen(ctx, cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}

@@ -2,7 +2,6 @@ package load
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -107,7 +106,7 @@ func startProxy(tb testing.TB, upstream string) string {
 		tb.Fatal(err)
 	}
 	srv := proxy.New(rt, log, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
