@@ -1,6 +1,7 @@
 package rpcparse
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 )
@@ -15,6 +16,7 @@ const (
 	offSecAddrLen = 24  // bind_ack: sec_addr.length
 	offNumResults = 32  // bind_ack with "1688\0": 26+5 aligned to 32
 	offNakNProto  = 18  // bind_nak: n_protocols
+	offDrep3      = 7   // drep[3], reserved
 )
 
 type malformedRow struct {
@@ -48,6 +50,22 @@ func malformedRows(drep DataRep) []malformedRow {
 	paddedReq = set8(paddedReq, 28+2, 4) // the 4 stub bytes become auth padding
 	obj := MustUUID("01234567-89ab-cdef-0123-456789abcdef")
 	objReq := AppendRequest(nil, head(PTypeRequest, drep), 0, 0, &obj, nil, nil)
+	// The Windows bind with a 16-byte NTLM verifier: 160 bytes of bind
+	// (4-aligned, so no auth padding), the 8-byte sec_trailer, 16 bytes of
+	// credentials = 184. auth_length may be at most 184-16-12-8 = 148 by
+	// the header rule; only 16 puts the trailer where it is.
+	authBind := AppendBind(nil, head(PTypeBind, drep), kmsBindSpec(), &AuthSpec{Type: AuthTypeNTLM, Level: 2, Credentials: creds})
+	alter := AppendBind(nil, head(PTypeAlterContext, drep), kmsBindSpec(), nil) // same layout as bind
+	// One context offering two transfer syntaxes: 16+12+24+2*20 = 92 bytes.
+	twoTS := AppendBind(nil, head(PTypeBind, drep), BindSpec{MaxXmitFrag: 5840, MaxRecvFrag: 5840, Contexts: []ContextSpec{
+		{ID: 0, Abstract: kmsSyntax, Transfers: []SyntaxID{ndr20Syntax, ndr64Syntax}},
+	}}, nil)
+	// bind_ack with an empty secondary address and no results: the 32-byte
+	// minimum fixedBody assumes.
+	minAck := AppendBindAck(nil, head(PTypeBindAck, drep), BindAckSpec{MaxXmitFrag: 5840, MaxRecvFrag: 5840})
+	// bind_ack with an empty secondary address and the three results.
+	noAddrAck := AppendBindAck(nil, head(PTypeBindAck, drep), BindAckSpec{MaxXmitFrag: 5840, MaxRecvFrag: 5840, Results: kmsBindAckSpec().Results})
+	altResp := AppendBindAck(nil, head(PTypeAlterContextResp, drep), kmsBindAckSpec()) // same layout as ack
 
 	return []malformedRow{
 		// frag_length
@@ -68,14 +86,27 @@ func malformedRows(drep DataRep) []malformedRow {
 		{"auth-zero", set16(authReq, offAuthLen, 0), 0, nil, ""},
 		{"auth-exact-fit", authReq, 0, nil, ""},
 		{"auth-one-above-fit", set16(authReq, offAuthLen, 17), 0, ErrAuthLength, "auth_length"},
+		// One below the fit moves the sec_trailer one byte earlier: the last
+		// byte of the (empty) stub area becomes the stub, which is legal.
+		{"auth-one-below-fit", set16(authReq, offAuthLen, 15), 0, nil, ""},
+		{"auth-1", set16(authReq, offAuthLen, 1), 0, nil, ""},
 		{"auth-65535", set16(authReq, offAuthLen, 65535), 0, ErrAuthLength, "auth_length"},
 		{"auth-on-short-fragment", set16(emptyReq, offAuthLen, 1), 0, ErrAuthLength, "auth_length"},
 		{"auth-pad-into-fixed-body", set8(authReq, 24+2, 1), 0, ErrAuthPadding, "auth_pad_length"},
 		{"auth-pad-255", set8(authReq, 24+2, 255), 0, ErrAuthPadding, "auth_pad_length"},
 		{"auth-pad-whole-stub", paddedReq, 0, nil, ""},
+		// auth_length on a bind (fixed body 12, not 8)
+		{"bind-auth-zero", set16(authBind, offAuthLen, 0), 0, nil, ""}, // the trailer is then trailing context bytes (Extra)
+		{"bind-auth-exact-fit", authBind, 0, nil, ""},
+		{"bind-auth-one-below-fit", set16(authBind, offAuthLen, 15), 0, nil, ""}, // one byte of Extra after the items
+		// One above: the body is cut 3 bytes into the last context item.
+		{"bind-auth-one-above-fit", set16(authBind, offAuthLen, 17), 0, ErrTransferCount, "n_transfer_syn"},
+		{"bind-auth-header-limit-plus-1", set16(authBind, offAuthLen, 149), 0, ErrAuthLength, "auth_length"},
+		{"bind-auth-65535", set16(authBind, offAuthLen, 65535), 0, ErrAuthLength, "auth_length"},
 		// bind counts
 		{"n_context_elem-0", set8(bind, offNumCtx, 0), 0, ErrContextCount, "n_context_elem"},
 		{"n_context_elem-1", set8(bind, offNumCtx, 1), 0, nil, ""},
+		{"n_context_elem-one-below", set8(bind, offNumCtx, 2), 0, nil, ""}, // the third item becomes Extra
 		{"n_context_elem-exact", bind, 0, nil, ""},
 		{"n_context_elem-one-above", set8(bind, offNumCtx, 4), 0, ErrContextCount, "n_context_elem"},
 		{"n_context_elem-255", set8(bind, offNumCtx, 255), 0, ErrContextCount, "n_context_elem"},
@@ -86,15 +117,57 @@ func malformedRows(drep DataRep) []malformedRow {
 		{"n_transfer_syn-too-many", set8(bind, offCtx2NumTS, 2), 0, ErrTransferCount, "n_transfer_syn"},
 		{"n_transfer_syn-255", set8(bind, offCtx0NumTS, 255), 0, ErrTransferCount, "n_transfer_syn"},
 		{"bind-below-fixed", setFrag(bind[:27], 27), 0, ErrFragLength, "frag_length"},
+		// n_transfer_syn on a context offering two syntaxes
+		{"n_transfer_syn-2ts-0", set8(twoTS, offCtx0NumTS, 0), 0, ErrTransferCount, "n_transfer_syn"},
+		{"n_transfer_syn-2ts-one-below", set8(twoTS, offCtx0NumTS, 1), 0, nil, ""}, // the second syntax becomes Extra
+		{"n_transfer_syn-2ts-exact", twoTS, 0, nil, ""},
+		{"n_transfer_syn-2ts-one-above", set8(twoTS, offCtx0NumTS, 3), 0, ErrTransferCount, "n_transfer_syn"},
+		{"n_transfer_syn-2ts-255", set8(twoTS, offCtx0NumTS, 255), 0, ErrTransferCount, "n_transfer_syn"},
+		{"n_transfer_syn-middle-0", set8(bind, offCtx0NumTS+44, 0), 0, ErrTransferCount, "n_transfer_syn"},
+		// alter_context counts (same parser, same layout as bind)
+		{"alter-n_context_elem-0", set8(alter, offNumCtx, 0), 0, ErrContextCount, "n_context_elem"},
+		{"alter-n_context_elem-1", set8(alter, offNumCtx, 1), 0, nil, ""},
+		{"alter-n_context_elem-one-below", set8(alter, offNumCtx, 2), 0, nil, ""},
+		{"alter-n_context_elem-exact", alter, 0, nil, ""},
+		{"alter-n_context_elem-one-above", set8(alter, offNumCtx, 4), 0, ErrContextCount, "n_context_elem"},
+		{"alter-n_context_elem-255", set8(alter, offNumCtx, 255), 0, ErrContextCount, "n_context_elem"},
+		{"alter-no-items", truncateTo(alter, 28), 0, ErrContextCount, "n_context_elem"},
+		{"alter-n_transfer_syn-0", set8(alter, offCtx0NumTS, 0), 0, ErrTransferCount, "n_transfer_syn"},
+		{"alter-n_transfer_syn-one-above", set8(alter, offCtx2NumTS, 2), 0, ErrTransferCount, "n_transfer_syn"},
+		{"alter-n_transfer_syn-255", set8(alter, offCtx0NumTS, 255), 0, ErrTransferCount, "n_transfer_syn"},
+		{"alter-below-fixed", setFrag(alter[:27], 27), 0, ErrFragLength, "frag_length"},
 		// bind_ack
 		{"sec_addr-exact", ack, 0, nil, ""},
+		{"sec_addr-0-built", noAddrAck, 0, nil, ""},
+		{"bind_ack-minimal", minAck, 0, nil, ""},
+		// Zeroing the length of "1688\0" reads the result list from offset
+		// 28, inside the address: n_results = '8' = 56, far more than present.
+		{"sec_addr-0-in-place", set16(ack, offSecAddrLen, 0), 0, ErrResultCount, "p_results"},
+		// 4 and 6 keep the result list at the same 4-byte boundary (32):
+		// the NUL or the pad byte changes sides, the PDU stays well formed.
+		{"sec_addr-one-below", set16(ack, offSecAddrLen, 4), 0, nil, ""},
+		{"sec_addr-one-above", set16(ack, offSecAddrLen, 6), 0, nil, ""},
 		{"sec_addr-eats-result-list", set16(ack, offSecAddrLen, uint16(len(ack)-26)), 0, ErrTruncated, "p_result_list"},
 		{"sec_addr-past-end", set16(ack, offSecAddrLen, uint16(len(ack)-26+1)), 0, ErrSecondaryAddr, "sec_addr.length"},
 		{"sec_addr-65535", set16(ack, offSecAddrLen, 65535), 0, ErrSecondaryAddr, "sec_addr.length"},
 		{"n_results-0", set8(ack, offNumResults, 0), 0, nil, ""},
+		{"n_results-1", set8(ack, offNumResults, 1), 0, nil, ""},
+		{"n_results-one-below", set8(ack, offNumResults, 2), 0, nil, ""}, // the third result becomes Extra
+		{"n_results-exact", ack, 0, nil, ""},
 		{"n_results-one-above", set8(ack, offNumResults, 4), 0, ErrResultCount, "p_results"},
 		{"n_results-255", set8(ack, offNumResults, 255), 0, ErrResultCount, "p_results"},
 		{"bind_ack-below-fixed", setFrag(ack[:31], 31), 0, ErrFragLength, "frag_length"},
+		{"bind_ack-no-addr-n_results-one-above", set8(noAddrAck, 28, 4), 0, ErrResultCount, "p_results"},
+		{"bind_ack-minimal-n_results-1", set8(minAck, 28, 1), 0, ErrResultCount, "p_results"},
+		// alter_context_resp (same parser, same layout as bind_ack)
+		{"alter_resp-sec_addr-exact", altResp, 0, nil, ""},
+		{"alter_resp-sec_addr-past-end", set16(altResp, offSecAddrLen, uint16(len(altResp)-26+1)), 0, ErrSecondaryAddr, "sec_addr.length"},
+		{"alter_resp-sec_addr-65535", set16(altResp, offSecAddrLen, 65535), 0, ErrSecondaryAddr, "sec_addr.length"},
+		{"alter_resp-n_results-0", set8(altResp, offNumResults, 0), 0, nil, ""},
+		{"alter_resp-n_results-one-below", set8(altResp, offNumResults, 2), 0, nil, ""},
+		{"alter_resp-n_results-one-above", set8(altResp, offNumResults, 4), 0, ErrResultCount, "p_results"},
+		{"alter_resp-n_results-255", set8(altResp, offNumResults, 255), 0, ErrResultCount, "p_results"},
+		{"alter_resp-below-fixed", setFrag(altResp[:31], 31), 0, ErrFragLength, "frag_length"},
 		// bind_nak
 		{"n_protocols-exact", nak, 0, nil, ""},
 		{"n_protocols-0", set8(nak, offNakNProto, 0), 0, nil, ""},
@@ -106,6 +179,12 @@ func malformedRows(drep DataRep) []malformedRow {
 		{"object-uuid-exact", objReq, 0, nil, ""},
 		{"object-uuid-one-short", truncateTo(objReq, 24+15), 0, ErrTruncated, "object"},
 		{"object-uuid-flag-no-body", set8(emptyReq, 3, FlagFirstFrag|FlagLastFrag|FlagObjectUUID), 0, ErrTruncated, "object"},
+		// drep[3] is reserved (C706 14.2.5): any value parses, and the
+		// byte order still comes from drep[0] (TestEveryDataRep sweeps it).
+		{"drep3-ff-request", set8(req, offDrep3, 0xff), 0, nil, ""},
+		{"drep3-ff-bind", set8(bind, offDrep3, 0xff), 0, nil, ""},
+		{"drep3-ff-bind_ack", set8(ack, offDrep3, 0xff), 0, nil, ""},
+		{"drep3-ff-auth", set8(authReq, offDrep3, 0xff), 0, nil, ""},
 		// fault
 		{"fault-below-fixed", truncateTo(AppendFault(nil, drep, 1, 0, StatusUnknownIf, false), 31), 0, ErrFragLength, "frag_length"},
 	}
@@ -234,6 +313,50 @@ func TestEveryDataRep(t *testing.T) {
 		// drep[2] and drep[3] are reserved and ignored.
 		if _, err := ParseHeader(set8(sweepBase(LittleEndianDataRep), 6, byte(i)), 0); err != nil {
 			t.Errorf("drep[2] %#02x: %v", i, err)
+		}
+	}
+}
+
+// TestEveryDataRep3: drep[3] is reserved (C706 14.2.5, MS-RPCE 2.2.2.1) and
+// the package documents it as ignored. For every value, in both integer
+// orders: the header and the whole PDU parse, the byte order and the
+// lengths still come from drep[0], the byte is kept in Header.DataRep, and
+// AppendPDU gives it back unchanged. drep[2] gets the same sweep in the
+// order TestEveryDataRep does not cover.
+func TestEveryDataRep3(t *testing.T) {
+	for _, o := range drepOrders {
+		base := sweepBase(o.drep)
+		var want PDU
+		if err := want.Parse(base, 0); err != nil {
+			t.Fatal(err)
+		}
+		for _, off := range []int{offDrep3, offDrep3 - 1} {
+			for i := 0; i < 256; i++ {
+				b := set8(base, off, byte(i))
+				h, err := ParseHeader(b, 0)
+				if err != nil {
+					t.Fatalf("%s drep[%d] %#02x: %v", o.name, off-4, i, err)
+				}
+				if h.DataRep[off-4] != byte(i) || h.BigEndian() != o.drep.BigEndian() ||
+					h.FragLength != want.FragLength || h.CallID != want.CallID {
+					t.Fatalf("%s drep[%d] %#02x: header %+v, want the fields of %+v", o.name, off-4, i, h, want.Header)
+				}
+				n, ok := PeekFragLength(b)
+				if m, err := Split(b, 0); !ok || n != len(b) || err != nil || m != len(b) {
+					t.Fatalf("%s drep[%d] %#02x: PeekFragLength %d %v, Split %d %v", o.name, off-4, i, n, ok, m, err)
+				}
+				var p PDU
+				if err := p.Parse(b, 0); err != nil {
+					t.Fatalf("%s drep[%d] %#02x: Parse: %v", o.name, off-4, i, err)
+				}
+				if p.Request.ContextID != want.Request.ContextID || p.Request.AllocHint != want.Request.AllocHint ||
+					!bytes.Equal(p.Request.Stub, want.Request.Stub) {
+					t.Fatalf("%s drep[%d] %#02x: request %+v, want %+v", o.name, off-4, i, p.Request, want.Request)
+				}
+				if out := AppendPDU(nil, &p); !bytes.Equal(out, b) {
+					t.Fatalf("%s drep[%d] %#02x: re-encode\n in %x\nout %x", o.name, off-4, i, b, out)
+				}
+			}
 		}
 	}
 }
