@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"net"
 	"sync"
 	"syscall"
 	"time"
@@ -73,6 +74,25 @@ func (s *Server) park(sess *session) bool {
 		return false
 	}
 	return true
+}
+
+// readable reports, with one poll(2) and no wait, whether c has bytes or
+// an end of stream waiting to be read.
+func readable(c net.Conn) bool {
+	raw, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := raw.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ready := false
+	rc.Control(func(fd uintptr) {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		ready = err == nil && n > 0
+	})
+	return ready
 }
 
 // parkLoop starts the session of every parked connection that became

@@ -2,11 +2,17 @@
 
 package proxy
 
+import "net"
+
 // parker is empty where there is no epoll: every session gets its goroutine.
 type parker struct{}
 
 func (s *Server) park(*session) bool { return false }
 func (s *Server) unparkAll()         {}
+
+// readable cannot ask the kernel cheaply here; report data possibly
+// waiting so the caller reads with its short deadline.
+func readable(net.Conn) bool { return true }
 
 // Parked returns how many connections are parked: none on this platform.
 func (s *Server) Parked() int { return 0 }

@@ -80,30 +80,35 @@ type session struct {
 
 	upstream     net.Conn
 	upstreamAddr string
-	upstreamDone chan struct{}
+	// The host side is read by the session's own goroutine, only while the
+	// client waits for an answer: KMS is strictly call and answer, so one
+	// goroutine serves both directions with no hand-offs between threads.
+	hostBuf  *[]byte
+	hostFr   *rpcparse.Framer
+	hostPDU  rpcparse.PDU
+	respStub []byte
 
-	clientWriteMu sync.Mutex
-	closeOnce     sync.Once
-	closed        atomic.Bool
-	closeReason   atomic.Value // string
+	closeOnce   sync.Once
+	closed      atomic.Bool
+	closeReason atomic.Value // string
 
 	clientBytes, hostBytes atomic.Int64
 	clientPDUs, hostPDUs   atomic.Int64
 
-	// Touched by the client loop only.
+	// Touched by the session goroutine only.
 	bound  bool
 	drep   rpcparse.DataRep
 	asm    assembly
 	maxFrg int
 
-	// Shared between the client and host loops.
+	// Read by shadow and refusal helpers; also held while failing
+	// outstanding calls.
 	mu        sync.Mutex
 	auth      rpcparse.AuthClass
 	pending   []pendingItem
 	pendType  rpcparse.PType
 	pendCall  uint32
 	pendValid bool
-	pendDone  chan struct{} // closed when the host answers the pending bind
 	live      []liveContext
 	calls     []call
 }
@@ -117,7 +122,8 @@ func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zon
 
 func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
 
-// run is the client loop: frame, parse, decide, forward. It owns the
+// run serves the connection: frame, parse, decide, forward, then relay the
+// host's answer (awaitHost) before reading the client again. It owns the
 // session's lifetime.
 func (s *session) run() {
 	s.log = s.srv.log.With(s.fields...)
@@ -149,6 +155,12 @@ func (s *session) run() {
 		p := pdu
 		if err := p.Parse(frag, s.maxFrg); err != nil {
 			s.violation("client", rpcparse.Reason(err), err, p)
+			return
+		}
+		// Whatever the host sent since its last answer was sent unasked:
+		// check it before this PDU changes what is outstanding, so it can
+		// never pass for the answer to this one.
+		if s.hostFr != nil && !s.hostQuiet() {
 			return
 		}
 		if !s.handleClientPDU(rt, p, frag) {
@@ -186,26 +198,10 @@ func (s *session) clientReadError(err error) {
 	}
 }
 
-// halfClose passes the client's end of stream to the host and waits,
-// bounded by the idle timeout, for the host to finish answering.
+// halfClose ends a connection whose client closed: every answer the
+// client asked for was relayed before its next read, so nothing is owed.
 func (s *session) halfClose() {
 	s.setReason("client-closed")
-	if s.upstream == nil {
-		return
-	}
-	s.mu.Lock()
-	outstanding := len(s.calls) > 0 || s.pendValid
-	s.mu.Unlock()
-	if !outstanding {
-		return
-	}
-	if tc, ok := s.upstream.(interface{ CloseWrite() error }); ok {
-		tc.CloseWrite()
-	}
-	select {
-	case <-s.upstreamDone:
-	case <-time.After(s.runtime().Config.Limits.IdleTimeout):
-	}
 }
 
 // handleClientPDU applies DESIGN rules 3–6 to one client PDU; it returns
@@ -217,10 +213,6 @@ func (s *session) handleClientPDU(rt *Runtime, p *rpcparse.PDU, frag []byte) boo
 	}
 	if !s.bound && p.Type != rpcparse.PTypeBind {
 		s.violation("client", ReasonFirstPDUNotBind, nil, p)
-		return false
-	}
-	if s.bound && !s.awaitBindAnswer(rt) {
-		s.violation("client", ReasonBindPending, nil, p)
 		return false
 	}
 	switch p.Type {
@@ -275,13 +267,12 @@ func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 	}
 	s.mu.Lock()
 	s.pending, s.pendType, s.pendCall, s.pendValid = items, p.Type, p.CallID, true
-	s.pendDone = make(chan struct{})
 	if p.Type == rpcparse.PTypeBind || p.HasAuth {
 		s.auth = auth
 	}
 	s.mu.Unlock()
 	s.bound = true
-	return s.forward(frag)
+	return s.forward(frag) && s.awaitHost()
 }
 
 func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
@@ -327,7 +318,7 @@ func (s *session) handleCancel(p *rpcparse.PDU, frag []byte) bool {
 	if !known {
 		return true // nothing at the host to cancel; swallow it
 	}
-	return s.forward(frag)
+	return s.forward(frag) && s.awaitHost()
 }
 
 // handleRequest checks one request fragment (rule 6) and forwards the call
@@ -411,7 +402,7 @@ func (s *session) handleRequest(rt *Runtime, p *rpcparse.PDU, frag []byte) bool 
 		out = s.asm.raw
 	}
 	s.dropAssembly()
-	return s.forward(out)
+	return s.forward(out) && s.awaitHost()
 }
 
 func (s *session) dropAssembly() {
@@ -422,31 +413,8 @@ func (s *session) dropAssembly() {
 	}
 }
 
-// awaitBindAnswer holds a pipelined PDU until the host has answered the
-// pending bind or alter_context: which contexts are live is only known
-// then. It gives up after the idle timeout.
-func (s *session) awaitBindAnswer(rt *Runtime) bool {
-	s.mu.Lock()
-	done, waiting := s.pendDone, s.pendValid
-	s.mu.Unlock()
-	if !waiting {
-		return true
-	}
-	select {
-	case <-done:
-		return true
-	case <-s.upstreamDone:
-		return false
-	case <-time.After(rt.Config.Limits.IdleTimeout):
-		return false
-	}
-}
-
 // clearPending must be called with s.mu held.
 func (s *session) clearPending() {
-	if s.pendValid {
-		close(s.pendDone)
-	}
 	s.pendValid, s.pending = false, nil
 }
 
@@ -482,10 +450,8 @@ func (s *session) forward(b []byte) bool {
 	return true
 }
 
-// writeClient sends bytes to the client; both loops use it.
+// writeClient sends bytes to the client.
 func (s *session) writeClient(b []byte) error {
-	s.clientWriteMu.Lock()
-	defer s.clientWriteMu.Unlock()
 	s.client.SetWriteDeadline(time.Now().Add(s.runtime().Config.Limits.IdleTimeout))
 	_, err := s.client.Write(b)
 	return err
@@ -509,8 +475,8 @@ func (s *session) connectUpstream(rt *Runtime, p *rpcparse.PDU) bool {
 		s.srv.metrics.UpstreamDialSeconds.Observe(time.Since(t0).Seconds())
 		s.srv.MarkUpstreamOK()
 		s.upstream, s.upstreamAddr = c, addr
-		s.upstreamDone = make(chan struct{})
-		go s.hostLoop()
+		s.hostBuf = getBuffer(max(s.maxFrg, 5840))
+		s.hostFr = rpcparse.NewFramerBuffer(countingReader{c, &s.hostBytes}, *s.hostBuf)
 		return true
 	}
 	f := eventFields(ActionUpstreamUnavailable, "failure", ReasonUpstreamUnreachable)
@@ -689,57 +655,63 @@ func itoa(n int) string {
 
 // ---- host side ----
 
-// hostLoop relays the host's PDUs to the client after checking they answer
-// something the client asked (rule 5 and 7).
-func (s *session) hostLoop() {
-	defer close(s.upstreamDone)
-	buf := getBuffer(max(s.maxFrg, 5840))
-	defer putBuffer(buf)
-	fr := rpcparse.NewFramerBuffer(countingReader{s.upstream, &s.hostBytes}, *buf)
-	var p rpcparse.PDU
-	var respStub []byte
-	for {
-		s.upstream.SetReadDeadline(time.Now().Add(s.runtime().Config.Limits.IdleTimeout))
-		frag, err := fr.Next()
+// awaitHost relays the host's PDUs to the client, after checking each
+// answers something the client asked (rules 5 and 7), until nothing is
+// outstanding. A host that goes away or stays silent past the idle timeout
+// gets the client a prompt refusal (failOutstanding).
+func (s *session) awaitHost() bool {
+	idle := s.runtime().Config.Limits.IdleTimeout
+	p := &s.hostPDU
+	for s.outstanding() {
+		s.upstream.SetReadDeadline(time.Now().Add(idle))
+		frag, err := s.hostFr.Next()
 		if err != nil {
-			if !s.closed.Load() {
-				var ne net.Error
-				switch {
-				case errors.Is(err, io.EOF):
-					s.setReason("upstream-closed")
-				case errors.As(err, &ne) && ne.Timeout():
-					s.setReason(ReasonIdleTimeout)
-				default:
-					var pe *rpcparse.ParseError
-					if errors.As(err, &pe) {
-						s.violation("host", rpcparse.Reason(err), err, nil)
-					} else {
-						s.setReason("upstream-read-error")
-					}
-				}
-				s.failOutstanding()
-			}
-			s.abort("")
-			return
+			s.hostReadError(err)
+			return false
 		}
 		s.hostPDUs.Add(1)
 		if err := p.Parse(frag, 0); err != nil {
-			s.violation("host", rpcparse.Reason(err), err, &p)
-			s.abort("")
-			return
+			s.violation("host", rpcparse.Reason(err), err, p)
+			return false
 		}
-		if reason := s.checkHostPDU(&p, &respStub); reason != "" {
-			s.violation("host", reason, nil, &p)
-			s.abort("")
-			return
+		if reason := s.checkHostPDU(p, &s.respStub); reason != "" {
+			s.violation("host", reason, nil, p)
+			return false
 		}
 		if err := s.writeClient(frag); err != nil {
 			s.setReason("client-write-error")
-			s.abort("")
-			return
+			return false
 		}
 		s.srv.metrics.bytesToClient.Add(float64(len(frag)))
 	}
+	return true
+}
+
+func (s *session) outstanding() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pendValid || len(s.calls) > 0
+}
+
+func (s *session) hostReadError(err error) {
+	if s.closed.Load() {
+		return
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF):
+		s.setReason("upstream-closed")
+	case errors.As(err, &ne) && ne.Timeout():
+		s.setReason(ReasonIdleTimeout)
+	default:
+		var pe *rpcparse.ParseError
+		if errors.As(err, &pe) {
+			s.violation("host", rpcparse.Reason(err), err, nil)
+		} else {
+			s.setReason("upstream-read-error")
+		}
+	}
+	s.failOutstanding()
 }
 
 // failOutstanding answers what the client still waits for when the host
@@ -852,7 +824,7 @@ func (s *session) setReason(r string) {
 	s.closeReason.CompareAndSwap(nil, r)
 }
 
-// abort closes both sides once; blocked reads in either loop then return.
+// abort closes both sides once; a blocked read of the session then returns.
 func (s *session) abort(reason string) {
 	s.setReason(reason)
 	s.closeOnce.Do(func() {
@@ -864,11 +836,63 @@ func (s *session) abort(reason string) {
 	})
 }
 
+// unsolicitedWait bounds how long finish waits for a host PDU that poll
+// said is already arriving.
+const unsolicitedWait = 50 * time.Millisecond
+
+// hostQuiet checks what the host sent that nobody asked for and reports
+// whether the association may go on. Such PDUs never reach the client (the
+// host is read only while the client waits for an answer); a shutdown is
+// relayed, anything else is a violation. One poll(2) when nothing waits.
+func (s *session) hostQuiet() bool {
+	for s.hostFr.Buffered() > 0 || readable(s.upstream) {
+		s.upstream.SetReadDeadline(time.Now().Add(unsolicitedWait))
+		frag, err := s.hostFr.Next()
+		if err != nil {
+			var pe *rpcparse.ParseError
+			switch {
+			case errors.As(err, &pe):
+				s.violation("host", rpcparse.Reason(err), err, nil)
+			case errors.Is(err, io.EOF):
+				s.setReason("upstream-closed")
+			default:
+				s.setReason("upstream-read-error")
+			}
+			return false
+		}
+		s.hostPDUs.Add(1)
+		p := &s.hostPDU
+		if err := p.Parse(frag, 0); err != nil {
+			s.violation("host", rpcparse.Reason(err), err, p)
+			return false
+		}
+		if reason := s.checkHostPDU(p, &s.respStub); reason != "" {
+			s.violation("host", reason, nil, p)
+			return false
+		}
+		if err := s.writeClient(frag); err != nil {
+			s.setReason("client-write-error")
+			return false
+		}
+	}
+	return true
+}
+
+// checkUnsolicited reports, before the connection closes, what the host
+// sent unasked since its last answer.
+func (s *session) checkUnsolicited() {
+	if s.hostFr != nil && !s.closed.Load() {
+		s.hostQuiet()
+	}
+}
+
 // finish ends the session and emits its summary event.
 func (s *session) finish() {
+	s.checkUnsolicited()
 	s.abort("")
-	if s.upstreamDone != nil {
-		<-s.upstreamDone
+	if s.hostBuf != nil {
+		putBuffer(s.hostBuf)
+		s.hostBuf, s.hostFr = nil, nil
 	}
 	s.mu.Lock()
 	pending := s.calls
