@@ -6,10 +6,11 @@ import "syscall"
 // syslog connection, config reloads and upstream readiness checks.
 const fdReserve = 32
 
-// fdConnectionBudget raises the soft file-descriptor limit to the hard one
-// and returns how many client connections fit under it: each may use two
-// descriptors, its own and its upstream's. 0 means unknown (no cap).
-func fdConnectionBudget() (budget int, limit uint64) {
+// fdBudget raises the soft file-descriptor limit to the hard one and
+// returns how many descriptors connections may use under it: one per client
+// connection, one more once its upstream is dialled (only after a bind was
+// allowed). 0 means unknown (no cap).
+func fdBudget() (budget int, limit uint64) {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 0, 0
@@ -21,8 +22,26 @@ func fdConnectionBudget() (budget int, limit uint64) {
 			rl = raised
 		}
 	}
-	if rl.Cur <= fdReserve {
-		return 1, rl.Cur
+	if rl.Cur <= fdReserve+2 {
+		return 2, rl.Cur
 	}
-	return int((rl.Cur - fdReserve) / 2), rl.Cur
+	return int(rl.Cur - fdReserve), rl.Cur
+}
+
+// takeFD accounts for one more descriptor (an upstream dial) and reports
+// whether the budget had room.
+func (s *Server) takeFD() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fdBudget > 0 && s.fdsInUse >= s.fdBudget {
+		return false
+	}
+	s.fdsInUse++
+	return true
+}
+
+func (s *Server) releaseFD() {
+	s.mu.Lock()
+	s.fdsInUse--
+	s.mu.Unlock()
 }

@@ -11,12 +11,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// parker holds connections that have sent nothing yet in one epoll set,
-// instead of a goroutine and a read buffer each: a DMZ scanner or a
-// slow-connect flood then costs a socket and a map entry per connection.
-// A connection leaves the set when it becomes readable (or hangs up) or
-// when its handshake deadline passes; either way its session starts and
-// finds out which.
+// parker holds connections that have sent nothing yet, and bound ones
+// quiet between calls, in one epoll set instead of a goroutine and read
+// buffers each: a DMZ scanner, a slow-connect flood or thousands of idle
+// associations then cost a socket and a map entry per connection. A
+// connection leaves the set when it becomes readable (or hangs up) or when
+// its deadline (handshake or idle timeout) passes; either way its session
+// runs and finds out which.
 type parker struct {
 	once    sync.Once
 	epfd    int
@@ -42,8 +43,8 @@ func (s *Server) park(sess *session) bool {
 		return false
 	}
 	sc, ok := sess.client.(*sniffConn)
-	if !ok {
-		return false // PROXY protocol connections may already hold bytes
+	if !ok || sc.off < sc.n {
+		return false // bytes already read from the socket would never wake epoll
 	}
 	raw, ok := sc.Conn.(syscall.Conn)
 	if !ok {
@@ -114,7 +115,7 @@ func (s *Server) parkLoop() {
 			var due []int32
 			p.mu.Lock()
 			for fd, sess := range p.waiting {
-				if now.Sub(sess.start) >= s.rt.Load().Config.Limits.HandshakeTimeout {
+				if !now.Before(sess.parkUntil) {
 					due = append(due, fd)
 				}
 			}

@@ -57,7 +57,7 @@ type Server struct {
 	rate       *rateLimiter
 	watch      *kmsWatch
 	parking    parker
-	fdConns    int // client connections the descriptor limit allows; 0 = no cap
+	fdBudget   int // descriptors connections may use (fdbudget.go); 0 = no cap
 
 	mu        sync.Mutex
 	active    int
@@ -65,6 +65,7 @@ type Server struct {
 	sessions  map[*session]struct{}
 	listeners map[net.Listener]struct{}
 	closing   bool
+	fdsInUse  int // client and upstream descriptors of open sessions
 	wg        sync.WaitGroup
 }
 
@@ -87,11 +88,11 @@ func New(rt *Runtime, log *zap.Logger, metrics *Metrics) *Server {
 	}
 	s.rt.Store(rt)
 	var nofile uint64
-	s.fdConns, nofile = fdConnectionBudget()
-	if s.fdConns > 0 && rt != nil && rt.Config.Limits.Connections > s.fdConns {
-		log.Warn("limits.connections exceeds what the file-descriptor limit allows; connections past the budget are refused",
+	s.fdBudget, nofile = fdBudget()
+	if s.fdBudget > 0 && rt != nil && 2*rt.Config.Limits.Connections > s.fdBudget {
+		log.Warn("limits.connections exceeds what the file-descriptor limit allows when every client is bound; connections and upstream dials past the budget are refused",
 			zap.Int("kmsproxy.limits.connections", rt.Config.Limits.Connections),
-			zap.Int("kmsproxy.fd_budget_connections", s.fdConns), zap.Uint64("kmsproxy.rlimit_nofile", nofile))
+			zap.Int("kmsproxy.fd_budget", s.fdBudget), zap.Uint64("kmsproxy.rlimit_nofile", nofile))
 	}
 	s.dial = upstreamDialer()
 	return s
@@ -232,7 +233,7 @@ func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, ext
 		s.mu.Unlock()
 		refuse(ReasonConnectionLimit, "")
 		return
-	case s.fdConns > 0 && s.active >= s.fdConns:
+	case s.fdBudget > 0 && s.fdsInUse >= s.fdBudget:
 		s.mu.Unlock()
 		refuse(ReasonFDBudget, "")
 		return
@@ -242,8 +243,9 @@ func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, ext
 		return
 	}
 	s.active++
+	s.fdsInUse++
 	s.perSource[src.Addr()]++
-	sess := newSession(s, c, id, src, dst, zone, fields)
+	sess := newSession(s, c, id, src, dst, zone, extra)
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -259,6 +261,7 @@ func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, ext
 // goroutine or buffer until its first bytes arrive or its handshake
 // deadline passes, so idle connections cost about what the kernel socket does.
 func (s *Server) start(sess *session) {
+	sess.parkUntil = sess.start.Add(s.rt.Load().Config.Limits.HandshakeTimeout)
 	if s.park(sess) {
 		return
 	}
@@ -269,6 +272,10 @@ func (s *Server) release(sess *session) {
 	s.mu.Lock()
 	delete(s.sessions, sess)
 	s.active--
+	s.fdsInUse--
+	if sess.upstream != nil {
+		s.fdsInUse--
+	}
 	if n := s.perSource[sess.src.Addr()] - 1; n > 0 {
 		s.perSource[sess.src.Addr()] = n
 	} else {

@@ -74,7 +74,7 @@ type session struct {
 	src    netip.AddrPort
 	dst    netip.AddrPort
 	zone   string
-	fields []zap.Field // the connection's fields (connFields and the PROXY protocol peer), made once at accept
+	extra  []zap.Field // fields beyond connFields (PROXY protocol peer)
 	log    *zap.Logger // nil until run
 	start  time.Time
 
@@ -83,9 +83,9 @@ type session struct {
 	// The host side is read by the session's own goroutine, only while the
 	// client waits for an answer: KMS is strictly call and answer, so one
 	// goroutine serves both directions with no hand-offs between threads.
-	hostBuf  *[]byte
+	hostBuf  *[]byte // nil while parked
 	hostFr   *rpcparse.Framer
-	hostPDU  rpcparse.PDU
+	hostPDU  *rpcparse.PDU // made with the upstream connection
 	respStub []byte
 
 	closeOnce   sync.Once
@@ -95,11 +95,17 @@ type session struct {
 	clientBytes, hostBytes atomic.Int64
 	clientPDUs, hostPDUs   atomic.Int64
 
-	// Touched by the session goroutine only.
-	bound  bool
-	drep   rpcparse.DataRep
-	asm    assembly
-	maxFrg int
+	// Touched by the session goroutine only (one at a time: a parked
+	// session has none, and parkLoop starts one when it wakes).
+	clientFr   *rpcparse.Framer
+	clientBuf  *[]byte // nil while parked
+	clientPDU  *rpcparse.PDU
+	lastActive time.Time // last client PDU or host answer, for the idle timeout
+	parkUntil  time.Time // when a parked session is woken regardless
+	bound      bool
+	drep       rpcparse.DataRep
+	asm        assembly
+	maxFrg     int
 
 	// Read by shadow and refusal helpers; also held while failing
 	// outstanding calls.
@@ -113,61 +119,144 @@ type session struct {
 	calls     []call
 }
 
-func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, fields []zap.Field) *session {
+func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, extra []zap.Field) *session {
 	return &session{
-		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, fields: fields,
+		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, extra: extra,
 		start: time.Now(), drep: rpcparse.LittleEndianDataRep,
 	}
 }
 
 func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
 
+// idleParkAfter is how long a bound client may sit quiet between calls
+// before its session is parked (no goroutine, no buffers) until it sends
+// again or its idle timeout passes. Long enough that an activation's
+// back-to-back PDUs never pay for parking.
+const idleParkAfter = time.Second
+
 // run serves the connection: frame, parse, decide, forward, then relay the
 // host's answer (awaitHost) before reading the client again. It owns the
-// session's lifetime.
+// session's lifetime, and runs again after each time the session was parked.
 func (s *session) run() {
-	s.log = s.srv.log.With(s.fields...)
-	s.fields = nil
-	defer s.srv.release(s)
-	defer s.finish()
+	if s.serve() {
+		return // parked: parkLoop runs us again
+	}
+	s.finish()
+	s.srv.release(s)
+}
+
+// serve runs the session until it ends (false) or parks (true).
+func (s *session) serve() (parked bool) {
 	rt := s.runtime()
-	s.maxFrg = rt.Config.Limits.MaxFragment
-	buf := getBuffer(s.maxFrg)
-	defer putBuffer(buf)
-	fr := rpcparse.NewFramerBuffer(countingReader{s.client, &s.clientBytes}, *buf)
-	pdu := new(rpcparse.PDU)                                            // reused for every client PDU of the session
+	if s.log == nil {
+		// Built here rather than kept from accept: a connection parked
+		// before its first PDU then holds no field slice.
+		s.log = s.srv.log.With(append(connFields(s.id, s.src, s.dst, s.zone), s.extra...)...)
+		s.maxFrg = rt.Config.Limits.MaxFragment
+		s.clientFr = rpcparse.NewFramer(countingReader{s.client, &s.clientBytes}, s.maxFrg)
+		s.clientPDU = new(rpcparse.PDU) // reused for every client PDU of the session
+	}
+	s.attachBuffers()
 	handshakeDeadline := s.start.Add(rt.Config.Limits.HandshakeTimeout) // parking time counts
 	for {
+		var deadline time.Time
+		canPark := false
 		if s.bound {
-			s.client.SetReadDeadline(time.Now().Add(rt.Config.Limits.IdleTimeout))
+			deadline = s.lastActive.Add(rt.Config.Limits.IdleTimeout)
+			if park := time.Now().Add(idleParkAfter); park.Before(deadline) && !s.asm.active && s.clientFr.Buffered() == 0 {
+				deadline, canPark = park, true
+			}
 		} else {
-			s.client.SetReadDeadline(handshakeDeadline)
+			deadline = handshakeDeadline
 		}
-		frag, err := fr.Next()
+		s.client.SetReadDeadline(deadline)
+		frag, err := s.clientFr.Next()
 		if err != nil {
+			if canPark && s.clientFr.Buffered() == 0 && isTimeout(err) && s.parkIdle(rt) {
+				return true
+			}
+			if canPark && isTimeout(err) {
+				continue // bytes of a PDU arrived, or it could not park: wait out the idle timeout
+			}
 			s.clientReadError(err)
-			return
+			return false
 		}
+		s.lastActive = time.Now()
 		s.clientPDUs.Add(1)
 		// Decide under the policy in force when the PDU arrived, not when
 		// the read began: a reload must reach the very next PDU.
 		rt = s.runtime()
-		p := pdu
+		p := s.clientPDU
 		if err := p.Parse(frag, s.maxFrg); err != nil {
 			s.violation("client", rpcparse.Reason(err), err, p)
-			return
+			return false
 		}
 		// Whatever the host sent since its last answer was sent unasked:
 		// check it before this PDU changes what is outstanding, so it can
 		// never pass for the answer to this one.
 		if s.hostFr != nil && !s.hostQuiet() {
-			return
+			return false
 		}
 		if !s.handleClientPDU(rt, p, frag) {
-			return
+			return false
 		}
+		s.lastActive = time.Now()
 	}
 }
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// attachBuffers gives the framers pooled buffers while the session runs.
+func (s *session) attachBuffers() {
+	if s.clientBuf == nil {
+		s.clientBuf = getBuffer(s.maxFrg)
+		s.clientFr.Attach(*s.clientBuf)
+	}
+	if s.hostFr != nil && s.hostBuf == nil {
+		s.hostBuf = getBuffer(hostFrameSize(s.maxFrg))
+		s.hostFr.Attach(*s.hostBuf)
+	}
+}
+
+// detachBuffers returns both framers' buffers to the pool, if they hold no
+// bytes, and reports whether both were free.
+func (s *session) detachBuffers() bool {
+	if s.clientFr.Buffered() != 0 || (s.hostFr != nil && s.hostFr.Buffered() != 0) {
+		return false
+	}
+	if s.clientBuf != nil {
+		s.clientFr.Detach()
+		putBuffer(s.clientBuf)
+		s.clientBuf = nil
+	}
+	if s.hostBuf != nil {
+		s.hostFr.Detach()
+		putBuffer(s.hostBuf)
+		s.hostBuf = nil
+	}
+	return true
+}
+
+// parkIdle hands a quiet bound session to the parker until the client
+// sends again or its idle timeout passes.
+func (s *session) parkIdle(rt *Runtime) bool {
+	if !s.detachBuffers() {
+		return false
+	}
+	s.parkUntil = s.lastActive.Add(rt.Config.Limits.IdleTimeout)
+	if s.srv.park(s) {
+		return true
+	}
+	s.attachBuffers()
+	return false
+}
+
+// hostFrameSize is the host-side buffer: the host's fragments are bounded
+// by the wire format, not by the client-side max_fragment.
+func hostFrameSize(maxFrag int) int { return max(maxFrag, 5840) }
 
 func (s *session) clientReadError(err error) {
 	if s.closed.Load() {
@@ -460,6 +549,16 @@ func (s *session) writeClient(b []byte) error {
 // connectUpstream dials the upstreams in order; on failure the client gets
 // bind_nak "temporary congestion" and the connection ends.
 func (s *session) connectUpstream(rt *Runtime, p *rpcparse.PDU) bool {
+	if !s.srv.takeFD() {
+		// Unbound clients hold one descriptor each; a bind that would need
+		// a second past the budget is refused rather than dialled.
+		f := eventFields(ActionUpstreamUnavailable, "failure", ReasonFDBudget)
+		s.log.Warn("no file descriptor left for an upstream connection", f...)
+		s.srv.metrics.Decisions.WithLabelValues(ActionUpstreamUnavailable, ReasonFDBudget).Inc()
+		s.writeClient(rpcparse.AppendBindNak(nil, p.DataRep, p.CallID, rpcparse.NakTemporaryCongestion))
+		s.setReason(ReasonFDBudget)
+		return false
+	}
 	timeout := rt.Config.Limits.UpstreamConnectTimeout
 	var lastErr error
 	for _, addr := range rt.Config.Upstreams {
@@ -475,10 +574,12 @@ func (s *session) connectUpstream(rt *Runtime, p *rpcparse.PDU) bool {
 		s.srv.metrics.UpstreamDialSeconds.Observe(time.Since(t0).Seconds())
 		s.srv.MarkUpstreamOK()
 		s.upstream, s.upstreamAddr = c, addr
-		s.hostBuf = getBuffer(max(s.maxFrg, 5840))
+		s.hostBuf = getBuffer(hostFrameSize(s.maxFrg))
 		s.hostFr = rpcparse.NewFramerBuffer(countingReader{c, &s.hostBytes}, *s.hostBuf)
+		s.hostPDU = new(rpcparse.PDU)
 		return true
 	}
+	s.srv.releaseFD()
 	f := eventFields(ActionUpstreamUnavailable, "failure", ReasonUpstreamUnreachable)
 	f = append(f, zap.Strings("kmsproxy.upstreams", rt.Config.Upstreams))
 	if lastErr != nil {
@@ -661,7 +762,7 @@ func itoa(n int) string {
 // gets the client a prompt refusal (failOutstanding).
 func (s *session) awaitHost() bool {
 	idle := s.runtime().Config.Limits.IdleTimeout
-	p := &s.hostPDU
+	p := s.hostPDU
 	for s.outstanding() {
 		s.upstream.SetReadDeadline(time.Now().Add(idle))
 		frag, err := s.hostFr.Next()
@@ -861,7 +962,7 @@ func (s *session) hostQuiet() bool {
 			return false
 		}
 		s.hostPDUs.Add(1)
-		p := &s.hostPDU
+		p := s.hostPDU
 		if err := p.Parse(frag, 0); err != nil {
 			s.violation("host", rpcparse.Reason(err), err, p)
 			return false
@@ -893,6 +994,10 @@ func (s *session) finish() {
 	if s.hostBuf != nil {
 		putBuffer(s.hostBuf)
 		s.hostBuf, s.hostFr = nil, nil
+	}
+	if s.clientBuf != nil {
+		putBuffer(s.clientBuf)
+		s.clientBuf = nil
 	}
 	s.mu.Lock()
 	pending := s.calls

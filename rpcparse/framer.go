@@ -47,6 +47,27 @@ func (f *Framer) Reset(r io.Reader) {
 	f.start, f.end = 0, 0
 }
 
+// Detach takes the framer's buffer back when it holds no bytes, so an idle
+// stream need not keep one; it returns nil (and keeps the buffer) when bytes
+// are pending. Attach gives the framer a buffer again; without one, Next
+// allocates its own.
+func (f *Framer) Detach() []byte {
+	if f.start != f.end || f.buf == nil {
+		return nil
+	}
+	b := f.buf
+	f.buf, f.start, f.end = nil, 0, 0
+	return b
+}
+
+// Attach hands a detached framer its buffer; its length stays the fragment
+// bound it had.
+func (f *Framer) Attach(buf []byte) {
+	if len(buf) >= f.maxFrag {
+		f.buf = buf[:f.maxFrag]
+	}
+}
+
 // Buffered returns how many bytes past the last returned PDU are held.
 func (f *Framer) Buffered() int { return f.end - f.start }
 

@@ -112,8 +112,10 @@ func TestTotalConnectionCap(t *testing.T) {
 	}
 }
 
-// With a small descriptor limit the proxy caps connections at its fd
-// budget, refuses past it with a logged reason, and keeps serving.
+// With a small descriptor limit the proxy counts descriptors, not
+// connections: an unbound client holds one, a bound one two. Past the
+// budget it refuses at accept, or refuses a bind with bind_nak rather than
+// dial, with a logged reason, and keeps serving.
 func TestFileDescriptorBudget(t *testing.T) {
 	bin := kmsproxyBinary(t)
 	host := fixture.StartHost(t, fixture.Replay)
@@ -131,8 +133,8 @@ func TestFileDescriptorBudget(t *testing.T) {
 	cfgPath := filepath.Join(t.TempDir(), "kmsproxy.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 
-	// 72 descriptors: (72-32)/2 = 20 client connections fit.
-	cmd := exec.Command("bash", "-c", `ulimit -n 72 && exec "$0" serve --config "$1"`, bin, cfgPath)
+	// 52 descriptors: 52-32 = 20 for connections.
+	cmd := exec.Command("bash", "-c", `ulimit -n 52 && exec "$0" serve --config "$1"`, bin, cfgPath)
 	var stdout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stdout
 	if err := cmd.Start(); err != nil {
@@ -174,7 +176,22 @@ func TestFileDescriptorBudget(t *testing.T) {
 		}
 	}
 	if refusedForFD != 10 {
-		t.Fatalf("fd-budget refusals = %d, want 10 (30 connections, budget 20)\n%s", refusedForFD, stdout.String())
+		t.Fatalf("fd-budget refusals = %d, want 10 (30 unbound connections, one descriptor each, budget 20)\n%s", refusedForFD, stdout.String())
+	}
+	// One free descriptor: a client fits, but its bind would need a second
+	// for the upstream, so it is refused with bind_nak and never dialled.
+	held[0].Close()
+	held = held[1:]
+	time.Sleep(200 * time.Millisecond)
+	hostConns := host.Connections()
+	cl := fixture.Dial(t, srcDMZ, addr)
+	cl.Send(win.C2S[0])
+	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindNak || p.BindNak.Reason != rpcparse.NakTemporaryCongestion {
+		t.Fatalf("bind past the descriptor budget: got %v, want bind_nak temporary congestion", p.Type)
+	}
+	cl.ExpectClosed(5 * time.Second)
+	if host.Connections() != hostConns {
+		t.Fatal("the host was dialled past the descriptor budget")
 	}
 	// Free some room: activations work again.
 	for _, c := range held[:5] {
@@ -184,6 +201,9 @@ func TestFileDescriptorBudget(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if !activate(t, addr, srcDMZ, win) {
 		t.Fatalf("activation failed after freeing descriptors:\n%s", stdout.String())
+	}
+	if !strings.Contains(stdout.String(), `"event.reason":"fd-budget"`) || !strings.Contains(stdout.String(), `"event.action":"upstream-unavailable"`) {
+		t.Fatalf("no upstream-unavailable fd-budget event:\n%s", stdout.String())
 	}
 	if !strings.Contains(stdout.String(), "file-descriptor limit") {
 		t.Fatal("startup did not warn that limits.connections exceeds the descriptor budget")

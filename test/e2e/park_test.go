@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/kmsproxy/kmsproxy/test/fixture"
+)
+
+// waitParked waits until the proxy holds n parked sessions.
+func waitParked(t *testing.T, e *env, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for e.Srv.Parked() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions parked, want %d", e.Srv.Parked(), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A bound client quiet between calls is parked (no goroutine, no buffers)
+// and carries on, byte-identical, when it sends again.
+func TestIdleBoundSessionParksAndResumes(t *testing.T) {
+	e := startEnv(t, fixture.Replay, baseConfig) // idle_timeout 2s
+	win := mustCapture(t, "win10-v6")
+	e.Host.UseCapture(win.Name)
+	cl := bindAndAlter(t, e, srcDMZ, win)
+	waitParked(t, e, 1, 1800*time.Millisecond)
+
+	cl.Send(win.C2S[2])
+	if got := cl.MustRecv(); !bytes.Equal(got, win.S2C[2]) {
+		t.Fatal("activation after the session was parked differs from the capture")
+	}
+	if e.Srv.Parked() != 0 {
+		t.Fatalf("%d sessions still parked while the client is served", e.Srv.Parked())
+	}
+	if got := e.Host.ReceivedOn(0); len(got) != 3 || !bytes.Equal(got[2], win.C2S[2]) {
+		t.Fatalf("host got %d PDUs on the connection, want the 3 of the capture", len(got))
+	}
+	cl.Conn.Close()
+	e.WaitEvent("connection-closed", map[string]any{"kmsproxy.close_reason": "client-closed", "kmsproxy.client_pdus": float64(3)})
+}
+
+// Parking does not stop the idle timeout: a bound client that says nothing
+// more is closed at idle_timeout, parked or not.
+func TestParkedSessionIdleTimeout(t *testing.T) {
+	e := startEnv(t, fixture.Replay, baseConfig) // idle_timeout 2s
+	win := mustCapture(t, "win10-v6")
+	e.Host.UseCapture(win.Name)
+	start := time.Now()
+	cl := bindAndAlter(t, e, srcDMZ, win)
+	waitParked(t, e, 1, 1800*time.Millisecond)
+	cl.ExpectClosed(6 * time.Second)
+	if el := time.Since(start); el < 1500*time.Millisecond {
+		t.Fatalf("closed after %v, before the 2s idle timeout", el)
+	}
+	e.WaitEvent("connection-closed", map[string]any{"kmsproxy.close_reason": "idle-timeout"})
+	if e.Srv.Parked() != 0 {
+		t.Fatalf("%d sessions parked after close", e.Srv.Parked())
+	}
+	if n := len(e.Host.ReceivedOn(0)); n != 2 {
+		t.Fatalf("host got %d PDUs, want the bind and alter_context only", n)
+	}
+}
