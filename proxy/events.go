@@ -95,8 +95,18 @@ var eventTypes = map[string][]string{
 
 var eventCategory = zap.Strings("event.category", []string{"network"})
 
-// eventFieldsCap holds every field of the largest event.
-const eventFieldsCap = 40
+// eventFieldsCap is how many fields an action's event carries at most, so
+// building one allocates its slice once and never regrows it, yet small
+// events (a flood of connection-accepted) stay small.
+func eventFieldsCap(action string) int {
+	switch action {
+	case ActionKMSActivation:
+		return 40
+	case ActionBindAllowed, ActionBindRefused, ActionRequestRefused, ActionRateLimited, ActionShadowDecision:
+		return 24
+	}
+	return 16
+}
 
 // uuidText returns the text of a well-known interface UUID without
 // allocating; other UUIDs are formatted.
@@ -124,7 +134,7 @@ func eventFields(action, outcome, reason string) []zap.Field {
 	}
 	// Sized for the largest event (kms-activation), so building one never
 	// regrows the slice.
-	f := make([]zap.Field, 0, eventFieldsCap)
+	f := make([]zap.Field, 0, eventFieldsCap(action))
 	f = append(f,
 		zap.String("event.kind", kind),
 		eventCategory,

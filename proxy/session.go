@@ -132,7 +132,7 @@ func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
 // before its session is parked (no goroutine, no buffers) until it sends
 // again or its idle timeout passes. Long enough that an activation's
 // back-to-back PDUs never pay for parking.
-const idleParkAfter = time.Second
+const idleParkAfter = 200 * time.Millisecond
 
 // run serves the connection: frame, parse, decide, forward, then relay the
 // host's answer (awaitHost) before reading the client again. It owns the
@@ -148,13 +148,9 @@ func (s *session) run() {
 // serve runs the session until it ends (false) or parks (true).
 func (s *session) serve() (parked bool) {
 	rt := s.runtime()
-	if s.log == nil {
-		// Built here rather than kept from accept: a connection parked
-		// before its first PDU then holds no field slice.
-		s.log = s.srv.log.With(append(connFields(s.id, s.src, s.dst, s.zone), s.extra...)...)
+	if s.clientFr == nil {
 		s.maxFrg = rt.Config.Limits.MaxFragment
 		s.clientFr = rpcparse.NewFramer(countingReader{s.client, &s.clientBytes}, s.maxFrg)
-		s.clientPDU = new(rpcparse.PDU) // reused for every client PDU of the session
 	}
 	s.attachBuffers()
 	handshakeDeadline := s.start.Add(rt.Config.Limits.HandshakeTimeout) // parking time counts
@@ -209,8 +205,20 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// attachBuffers gives the framers pooled buffers while the session runs.
+// attachBuffers gives a running session what parking took away: the
+// framers' pooled buffers, the parsed-PDU scratch and the logger holding
+// the connection's fields (built here rather than kept from accept, so a
+// parked connection holds none of them).
 func (s *session) attachBuffers() {
+	if s.log == nil {
+		s.log = s.srv.log.With(append(connFields(s.id, s.src, s.dst, s.zone), s.extra...)...)
+	}
+	if s.clientPDU == nil {
+		s.clientPDU = new(rpcparse.PDU) // reused for every client PDU until parked
+	}
+	if s.hostFr != nil && s.hostPDU == nil {
+		s.hostPDU = new(rpcparse.PDU)
+	}
 	if s.clientBuf == nil {
 		s.clientBuf = getBuffer(s.maxFrg)
 		s.clientFr.Attach(*s.clientBuf)
@@ -222,11 +230,13 @@ func (s *session) attachBuffers() {
 }
 
 // detachBuffers returns both framers' buffers to the pool, if they hold no
-// bytes, and reports whether both were free.
+// bytes, drops what attachBuffers rebuilds, and reports whether it could.
 func (s *session) detachBuffers() bool {
 	if s.clientFr.Buffered() != 0 || (s.hostFr != nil && s.hostFr.Buffered() != 0) {
 		return false
 	}
+	// The parsed PDUs point into the buffers: drop them too, or a parked
+	// session would keep its buffers alive. The logger goes as well.
 	if s.clientBuf != nil {
 		s.clientFr.Detach()
 		putBuffer(s.clientBuf)
@@ -237,6 +247,7 @@ func (s *session) detachBuffers() bool {
 		putBuffer(s.hostBuf)
 		s.hostBuf = nil
 	}
+	s.clientPDU, s.hostPDU, s.log = nil, nil, nil
 	return true
 }
 

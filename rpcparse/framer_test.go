@@ -274,3 +274,45 @@ func TestFramerLyingReader(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// Detach gives the buffer back only when nothing is pending; Attach makes
+// the framer carry on with the next PDU as if nothing happened.
+func TestFramerDetachAttach(t *testing.T) {
+	pdu := AppendFault(nil, LittleEndianDataRep, 1, 0, StatusAccessDenied, true)
+	two := append(bytes.Clone(pdu), pdu...)
+	r := bytes.NewReader(two)
+	f := NewFramerBuffer(r, make([]byte, 64))
+	if _, err := f.Next(); err != nil {
+		t.Fatal(err)
+	}
+	// The second PDU came in the same read: it is pending, so no detach.
+	if f.Buffered() != len(pdu) || f.Detach() != nil {
+		t.Fatalf("detached with %d bytes pending", f.Buffered())
+	}
+	if _, err := f.Next(); err != nil {
+		t.Fatal(err)
+	}
+	buf := f.Detach()
+	if len(buf) != 64 {
+		t.Fatalf("Detach returned %d bytes, want the 64-byte buffer", len(buf))
+	}
+	if f.Detach() != nil {
+		t.Fatal("a detached framer gave a buffer again")
+	}
+	r.Reset(pdu)
+	f.Attach(buf)
+	got, err := f.Next()
+	if err != nil || !bytes.Equal(got, pdu) {
+		t.Fatalf("after Attach: %x, %v", got, err)
+	}
+	if &got[0] != &buf[0] {
+		t.Fatal("the framer did not read into the attached buffer")
+	}
+	// A buffer shorter than the fragment bound is not taken.
+	f.Detach()
+	f.Attach(make([]byte, 16))
+	r.Reset(pdu)
+	if got, err := f.Next(); err != nil || !bytes.Equal(got, pdu) {
+		t.Fatalf("with a too-short buffer offered: %x, %v", got, err)
+	}
+}
