@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/kmsproxy/kmsproxy/acl"
 )
@@ -72,6 +73,10 @@ func NewMetrics() *Metrics {
 	m.bindAllowed = m.Decisions.WithLabelValues(ActionBindAllowed, acl.ReasonAllowed)
 	m.bytesToHost = m.Bytes.WithLabelValues("client_to_host")
 	m.bytesToClient = m.Bytes.WithLabelValues("host_to_client")
+	// The runtime's and the process's own series (go_goroutines,
+	// go_memstats_*, process_open_fds, process_resident_memory_bytes…), so a
+	// leak of goroutines, heap or descriptors shows on the same dashboard.
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.MustRegister(m.Connections, m.ConnectionsActive, m.Decisions, m.KMSActivations, m.UpstreamDialSeconds,
 		m.UpstreamErrors, m.Bytes, m.ConfigReloads, m.LogEventsDropped, m.ShadowDifferences, m.ConfigLastReload)
 	return m
