@@ -403,6 +403,17 @@ func TestDecideBindShapeEdges(t *testing.T) {
 	pdu = windowsBind(t)
 	pdu.Bind.NumContexts = 4
 	checkDecision(t, p.DecideBind(dmzV4, pdu), Deny, "", ReasonMalformedBind)
+	// A context the count leaves out (here SAMR, after two counted KMS
+	// items) is bytes nothing checked: the bind is refused, not forwarded.
+	frag := bindBytes(rpcparse.PTypeBind, nil, ctx(0, kmsSyn, ndr20), ctx(1, kmsSyn, ndr64), ctx(2, iface("samr"), ndr20))
+	frag[24] = 2 // n_context_elem
+	pdu = parseBind(t, frag)
+	if len(pdu.Bind.Extra) == 0 {
+		t.Fatal("test bind has no bytes past its counted items")
+	}
+	checkDecision(t, p.DecideBind(dmzV4, pdu), Deny, "", ReasonMalformedBind)
+	frag[24] = 3 // counted, the SAMR item meets the rules
+	checkDecision(t, p.DecideBind(dmzV4, parseBind(t, frag)), Deny, "no-samr", ReasonDeniedByRule)
 	// The context limit follows the spec.
 	for _, tt := range []struct{ max, n int }{{1, 1}, {1, 2}, {3, 3}, {255, 255}, {255, 256}} {
 		spec := Spec{Zones: testZones, Rules: []RuleSpec{parseRule("a allow from=dmz if=kms op=0")}, MaxContexts: tt.max}

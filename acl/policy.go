@@ -411,6 +411,10 @@ func (p *Policy) DecideBind(src netip.Addr, pdu *rpcparse.PDU) Decision {
 		return refuse(ReasonNoContexts)
 	case n > p.maxContexts:
 		return refuse(ReasonTooManyContexts)
+	case len(pdu.Bind.Extra) > 0:
+		// Bytes after the counted items belong to no context: nothing
+		// checked them, so they do not go to the host.
+		return refuse(ReasonMalformedBind)
 	}
 	// One walk over the items. Shape problems win over policy ones, so the
 	// first policy refusal is kept until the walk has checked every item.

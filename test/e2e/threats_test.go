@@ -53,6 +53,7 @@ func threats(t *testing.T) []threat {
 	}
 	rows = append(rows,
 		threat{"KMS context beside SAMR in one bind", nil, pdus(bindPDU(le, rpcparse.PTypeBind, 2, nil, ctx(0, kmsIface), ctx(1, iface("samr")))), wantNak, 0, 0},
+		threat{"SAMR context hidden past n_context_elem", nil, pdus(uncountedContext(bindPDU(le, rpcparse.PTypeBind, 2, nil, ctx(0, kmsIface), ctx(1, iface("samr"))))), wantNak, 0, 0},
 		threat{"unknown transfer syntax", nil, pdus(bindPDU(le, rpcparse.PTypeBind, 2, nil, ctx(0, kmsIface, rpcparse.SyntaxID{UUID: rpcparse.MustUUID("00000000-1111-2222-3333-444444444444"), Major: 1}))), wantNak, 0, 0},
 		threat{"duplicate context ids", nil, pdus(bindPDU(le, rpcparse.PTypeBind, 2, nil, ctx(0, kmsIface), ctx(0, kmsIface, ndr64))), wantNak, 0, 0},
 		threat{"too many contexts", nil, pdus(bindPDU(le, rpcparse.PTypeBind, 2, nil, tooMany...)), wantNak, uint32(rpcparse.NakLocalLimitExceeded), 0},
@@ -187,4 +188,12 @@ func emptyFragments(n int) [][]byte {
 		out = append(out, requestPDU(3, 0, 0, 0, nil))
 	}
 	return out
+}
+
+// uncountedContext lowers a bind's n_context_elem by one, so its last
+// context element is bytes after the counted items.
+func uncountedContext(b []byte) []byte {
+	b = bytes.Clone(b)
+	b[24]--
+	return b
 }
