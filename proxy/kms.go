@@ -187,7 +187,7 @@ func appendKMSRequestFields(f []zap.Field, kc *kmsCall) []zap.Field {
 		zap.String("kms.sku", nameOr(kms.SKUName(r.SKUID), r.SKUID)),
 		zap.String("kms.sku_id", r.SKUID.String()),
 		zap.String("kms.kms_counted_id", r.KMSCountedID.String()),
-		zap.String("kms.kms_counted_name", kms.KMSCountedIDName(r.KMSCountedID)),
+		zap.String("kms.kms_counted_name", nameOr(kms.KMSCountedIDName(r.KMSCountedID), r.KMSCountedID)),
 		zap.String("kms.client_machine_id", r.CMID.String()),
 		zap.String("kms.workstation", r.Workstation()),
 		zap.String("kms.license_status", kms.LicenseStatusName(r.LicenseStatus)),

@@ -69,7 +69,7 @@ func TestKMSUnknownIDsRenderedAsGUID(t *testing.T) {
 	}
 	// No name may be invented for an unknown counted ID; today the name
 	// field is empty and the GUID is in kms.kms_counted_id.
-	if n := uf["kms.kms_counted_name"]; n != "" && n != unknownCounted.String() {
+	if n := uf["kms.kms_counted_name"]; n != unknownCounted.String() {
 		t.Errorf("unknown KMS counted ID: kms.kms_counted_name = %v", n)
 	}
 	// Everything else is unchanged by the unknown IDs.

@@ -130,9 +130,12 @@ func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
 
 // idleParkAfter is how long a bound client may sit quiet between calls
 // before its session is parked (no goroutine, no buffers) until it sends
-// again or its idle timeout passes. Long enough that an activation's
-// back-to-back PDUs never pay for parking.
-const idleParkAfter = 200 * time.Millisecond
+// again or its idle timeout passes. A LAN client's next PDU comes well
+// within it; a slow one pays a few system calls to park, which is little
+// against its round trip, and a burst of binds never holds thousands of
+// running sessions at once (20 ms: 7.4 KiB RSS per bound idle connection
+// after 9,000 binds, against 11.7 KiB at 200 ms).
+const idleParkAfter = 20 * time.Millisecond
 
 // run serves the connection: frame, parse, decide, forward, then relay the
 // host's answer (awaitHost) before reading the client again. It owns the

@@ -90,6 +90,13 @@ func TestActivationRateLimit(t *testing.T) {
 		t.Fatalf("4th activation got %v %#x, want fault RPC_S_SERVER_TOO_BUSY", p.Type, p.Fault.Status)
 	}
 	e.WaitEvent("rate-limited", map[string]any{"source.ip": srcDMZ, "event.reason": "activation-rate-limit"})
+	cl.ExpectClosed(5 * time.Second)
+	settle()
+	// Connections 0-2 activated; the 4th (connection 3) reached the host
+	// with its bind and alter_context only, never the refused request.
+	if n := len(e.Host.ReceivedOn(3)); n != 2 {
+		t.Fatalf("host got %d PDUs on the rate-limited connection, want 2 (bind, alter_context)", n)
+	}
 	if !activate(t, e.Addr, "127.0.0.5", win) {
 		t.Fatal("another source was rate limited too")
 	}
