@@ -776,7 +776,6 @@ func itoa(n int) string {
 // gets the client a prompt refusal (failOutstanding).
 func (s *session) awaitHost() bool {
 	idle := s.runtime().Config.Limits.IdleTimeout
-	p := s.hostPDU
 	for s.outstanding() {
 		s.upstream.SetReadDeadline(time.Now().Add(idle))
 		frag, err := s.hostFr.Next()
@@ -784,21 +783,30 @@ func (s *session) awaitHost() bool {
 			s.hostReadError(err)
 			return false
 		}
-		s.hostPDUs.Add(1)
-		if err := p.Parse(frag, 0); err != nil {
-			s.violation("host", rpcparse.Reason(err), err, p)
+		if !s.relayHostPDU(frag) {
 			return false
 		}
-		if reason := s.checkHostPDU(p, &s.respStub); reason != "" {
-			s.violation("host", reason, nil, p)
-			return false
-		}
-		if err := s.writeClient(frag); err != nil {
-			s.setReason("client-write-error")
-			return false
-		}
-		s.srv.metrics.bytesToClient.Add(float64(len(frag)))
 	}
+	return true
+}
+
+// relayHostPDU parses and checks one host PDU and passes it to the client.
+func (s *session) relayHostPDU(frag []byte) bool {
+	s.hostPDUs.Add(1)
+	p := s.hostPDU
+	if err := p.Parse(frag, 0); err != nil {
+		s.violation("host", rpcparse.Reason(err), err, p)
+		return false
+	}
+	if reason := s.checkHostPDU(p, &s.respStub); reason != "" {
+		s.violation("host", reason, nil, p)
+		return false
+	}
+	if err := s.writeClient(frag); err != nil {
+		s.setReason("client-write-error")
+		return false
+	}
+	s.srv.metrics.bytesToClient.Add(float64(len(frag)))
 	return true
 }
 
@@ -975,18 +983,7 @@ func (s *session) hostQuiet() bool {
 			}
 			return false
 		}
-		s.hostPDUs.Add(1)
-		p := s.hostPDU
-		if err := p.Parse(frag, 0); err != nil {
-			s.violation("host", rpcparse.Reason(err), err, p)
-			return false
-		}
-		if reason := s.checkHostPDU(p, &s.respStub); reason != "" {
-			s.violation("host", reason, nil, p)
-			return false
-		}
-		if err := s.writeClient(frag); err != nil {
-			s.setReason("client-write-error")
+		if !s.relayHostPDU(frag) {
 			return false
 		}
 	}
