@@ -61,6 +61,7 @@ func FuzzParse(f *testing.F) {
 		err := p.Parse(b, 0)
 		if err != nil {
 			checkParseError(t, err)
+			touchAll(&p) // describing a refused PDU must not panic either
 			if _, herr := ParseHeader(b, 0); herr != nil && Reason(herr) != Reason(err) {
 				t.Fatalf("header says %v, Parse says %v", herr, err)
 			}

@@ -164,7 +164,11 @@ func init() {
 
 // TransferKind classifies transfer syntax i (0 <= i < NumTransfer) from its
 // wire bytes; it equals ClassifyTransfer(c.Transfer(i)) and is cheaper.
+// Out of range it is TransferUnknown.
 func (c *ContextElem) TransferKind(i int) TransferKind {
+	if i < 0 || (i+1)*syntaxIDLen > len(c.transfers) {
+		return TransferUnknown
+	}
 	b := c.transfers[i*syntaxIDLen : (i+1)*syntaxIDLen]
 	o := 0
 	if c.bigEndian {

@@ -468,3 +468,62 @@ func within(s, b []byte) bool {
 	}
 	return false
 }
+
+// touchAll calls every indexed accessor over the counts the wire claims and
+// past them: after a failed parse those counts can exceed what was parsed,
+// and a log line describing the refused PDU still calls them.
+func touchAll(p *PDU) {
+	for it := p.Bind.Contexts(); it.Next(); {
+		c := it.Context()
+		for i := -1; i <= int(c.NumTransfer)+1; i++ {
+			_ = c.Transfer(i)
+			_ = c.TransferKind(i)
+		}
+	}
+	for i := -1; i <= int(p.BindAck.NumResults)+1; i++ {
+		_ = p.BindAck.Result(i)
+	}
+	for i := -1; i <= p.BindNak.NumVersions()+1; i++ {
+		_, _ = p.BindNak.Version(i)
+	}
+}
+
+// A bind_ack whose n_results claims more results than it carries is
+// refused, and reading its results afterwards (as decode does to describe
+// the refused PDU) gives zero values, not a panic. Found by FuzzRead
+// (proxy/capture/testdata/fuzz/FuzzRead/7fc04fb31c5e9ad7).
+func TestAccessorsSafeAfterFailedParse(t *testing.T) {
+	frag := AppendBindAck(nil, PDUHead{Type: PTypeBindAck, Flags: 3, DataRep: LittleEndianDataRep, CallID: 1},
+		BindAckSpec{MaxXmitFrag: 5840, MaxRecvFrag: 5840, SecAddr: []byte("1688\x00"),
+			Results: []Result{{Result: ResultAcceptance, Transfer: SyntaxID{UUID: NDR20UUID, Major: 2}}}})
+	i := offNumResults
+	if frag[i] != 1 {
+		t.Fatalf("n_results at %d is %d, want 1", i, frag[i])
+	}
+	frag[i] = 2
+	var p PDU
+	err := p.Parse(frag, 0)
+	if !errors.Is(err, ErrResultCount) {
+		t.Fatalf("Parse: %v, want ErrResultCount", err)
+	}
+	if p.BindAck.NumResults != 2 || len(p.BindAck.Results) != 0 {
+		t.Fatalf("after the failure: NumResults %d, %d result bytes", p.BindAck.NumResults, len(p.BindAck.Results))
+	}
+	for i := 0; i < 3; i++ {
+		if r := p.BindAck.Result(i); r != (Result{}) {
+			t.Fatalf("Result(%d) = %+v, want zero", i, r)
+		}
+	}
+	touchAll(&p)
+	// Out of range on a good PDU: zero values too.
+	frag[i] = 1
+	if err := p.Parse(frag, 0); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.BindAck.Result(1); r != (Result{}) {
+		t.Fatalf("Result(1) of a one-result ack = %+v", r)
+	}
+	if r := p.BindAck.Result(0); r.Transfer.UUID != NDR20UUID {
+		t.Fatalf("Result(0) = %+v", r)
+	}
+}

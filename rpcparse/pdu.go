@@ -251,7 +251,11 @@ type ContextElem struct {
 }
 
 // Transfer returns transfer syntax i (0 <= i < NumTransfer).
+// Out of range it returns the zero SyntaxID.
 func (c *ContextElem) Transfer(i int) SyntaxID {
+	if i < 0 || (i+1)*syntaxIDLen > len(c.transfers) {
+		return SyntaxID{}
+	}
 	return readSyntax(c.transfers[i*syntaxIDLen:], c.bigEndian)
 }
 
@@ -360,8 +364,13 @@ type BindAck struct {
 	bigEndian   bool
 }
 
-// Result returns result i (0 <= i < NumResults).
+// Result returns result i (0 <= i < NumResults). Out of range, or on a
+// bind_ack whose parse failed (NumResults read, results not), it returns
+// the zero Result rather than panic: hostile input reaches every accessor.
 func (a *BindAck) Result(i int) Result {
+	if i < 0 || (i+1)*resultLen > len(a.Results) {
+		return Result{}
+	}
 	b := a.Results[i*resultLen:]
 	bo := order(a.bigEndian)
 	return Result{Result: bo.Uint16(b[0:2]), Reason: bo.Uint16(b[2:4]), Transfer: readSyntax(b[4:], a.bigEndian)}
@@ -433,8 +442,12 @@ func (n *BindNak) NumVersions() int {
 	return int(n.Versions[0])
 }
 
-// Version returns supported version i as (major, minor).
+// Version returns supported version i as (major, minor); out of range,
+// (0, 0).
 func (n *BindNak) Version(i int) (major, minor uint8) {
+	if i < 0 || 3+2*i > len(n.Versions) {
+		return 0, 0
+	}
 	return n.Versions[1+2*i], n.Versions[2+2*i]
 }
 
