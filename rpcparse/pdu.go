@@ -278,6 +278,12 @@ func (it *ContextIter) Next() bool {
 	}
 	n := int(it.b[2])
 	size := contextHeadLen + n*syntaxIDLen
+	if len(it.b) < size {
+		// Only items a successful parse checked are whole; anything else
+		// (the Items of a PDU whose parse failed) ends the walk.
+		it.b = nil
+		return false
+	}
 	it.cur = ContextElem{
 		ID:          u16(it.b[0:2], it.bigEndian),
 		NumTransfer: it.b[2],
