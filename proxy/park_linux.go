@@ -35,7 +35,9 @@ func (s *Server) park(sess *session) bool {
 	p.once.Do(func() {
 		p.epfd, p.err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if p.err == nil {
+			p.mu.Lock() // Parked reads the map under mu, maybe before this runs
 			p.waiting = make(map[int32]*session)
+			p.mu.Unlock()
 			go s.parkLoop()
 		}
 	})

@@ -25,10 +25,6 @@ const maxLiveContexts = 64
 // fragments cannot grow the buffer.
 func maxHeldCallBytes(maxCallBytes int) int { return maxCallBytes + maxCallBytes/4 + 4096 }
 
-// maxOutstandingCalls bounds calls forwarded and not yet answered on one
-// connection, so a client cannot make the proxy remember unbounded state.
-const maxOutstandingCalls = 32
-
 // liveContext is a presentation context the host accepted.
 type liveContext struct {
 	id    uint16
@@ -78,6 +74,7 @@ type session struct {
 	log    *zap.Logger // nil until run
 	start  time.Time
 
+	upMu         sync.Mutex // orders setting upstream against abort from Shutdown
 	upstream     net.Conn
 	upstreamAddr string
 	// The host side is read by the session's own goroutine, only while the
@@ -107,9 +104,6 @@ type session struct {
 	asm        assembly
 	maxFrg     int
 
-	// Read by shadow and refusal helpers; also held while failing
-	// outstanding calls.
-	mu        sync.Mutex
 	auth      rpcparse.AuthClass
 	pending   []pendingItem
 	pendType  rpcparse.PType
@@ -346,9 +340,7 @@ func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 	}
 	d := rt.Policy.DecideBind(s.src.Addr(), p)
 	s.shadowBind(rt, p, d)
-	s.mu.Lock()
 	live := len(s.live)
-	s.mu.Unlock()
 	if d.Verdict == acl.Allow && live+int(p.Bind.NumContexts) > maxLiveContexts {
 		d = acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: acl.ReasonTooManyContexts}
 	}
@@ -368,12 +360,10 @@ func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 		c := it.Context()
 		items = append(items, pendingItem{id: c.ID, iface: c.Abstract})
 	}
-	s.mu.Lock()
 	s.pending, s.pendType, s.pendCall, s.pendValid = items, p.Type, p.CallID, true
 	if p.Type == rpcparse.PTypeBind || p.HasAuth {
 		s.auth = auth
 	}
-	s.mu.Unlock()
 	s.bound = true
 	return s.forward(frag) && s.awaitHost()
 }
@@ -383,7 +373,6 @@ func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 	// the association's new auth class must be allowed for every interface
 	// bound or being bound, or the handshake ends here.
 	class := rpcparse.ClassifyAuth(p)
-	s.mu.Lock()
 	ifaces := make([]rpcparse.SyntaxID, 0, len(s.live)+len(s.pending))
 	for _, c := range s.live {
 		ifaces = append(ifaces, c.iface)
@@ -391,7 +380,6 @@ func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 	for _, c := range s.pending {
 		ifaces = append(ifaces, c.iface)
 	}
-	s.mu.Unlock()
 	for _, iface := range ifaces {
 		d := rt.Policy.DecideAuth(s.src.Addr(), iface, class)
 		if d.Verdict != acl.Allow {
@@ -402,26 +390,18 @@ func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 			return false // auth3 has no answer PDU: refusing is closing
 		}
 	}
-	s.mu.Lock()
 	s.auth = class
-	s.mu.Unlock()
 	return s.forward(frag)
 }
 
 func (s *session) handleCancel(p *rpcparse.PDU, frag []byte) bool {
 	// A cancel or orphan for a call still held here ends that call without
-	// the host ever seeing it.
+	// the host ever seeing it. Any other names nothing at the host (every
+	// forwarded call was answered before this PDU was read): swallowed.
 	if s.asm.active && p.CallID == s.asm.callID {
 		s.dropAssembly()
-		return true
 	}
-	s.mu.Lock()
-	known := s.findCall(p.CallID) >= 0
-	s.mu.Unlock()
-	if !known {
-		return true // nothing at the host to cancel; swallow it
-	}
-	return s.forward(frag) && s.awaitHost()
+	return true
 }
 
 // handleRequest checks one request fragment (rule 6) and forwards the call
@@ -450,22 +430,14 @@ func (s *session) handleRequest(rt *Runtime, p *rpcparse.PDU, frag []byte) bool 
 			s.violation("client", ReasonFirstFragMissing, nil, p)
 			return false
 		}
-		s.mu.Lock()
+		// No call is outstanding here: each was answered (awaitHost)
+		// before this PDU was read.
 		ctx, ok := s.liveContext(r.ContextID)
-		dup := s.findCall(p.CallID) >= 0
-		full := len(s.calls) >= maxOutstandingCalls
-		s.mu.Unlock()
-		if dup || full {
-			s.violation("client", ReasonCallInterleaved, nil, p)
-			return false
-		}
 		if !ok {
 			s.refuseRequest(rt, p, acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonContextNotLive})
 			return false
 		}
-		s.mu.Lock()
 		auth := s.auth
-		s.mu.Unlock()
 		d := rt.Policy.DecideRequest(s.src.Addr(), ctx.iface, auth, r.Opnum)
 		s.shadowRequest(rt, p, ctx, auth, d)
 		if d.Verdict != acl.Allow {
@@ -497,9 +469,7 @@ func (s *session) handleRequest(rt *Runtime, p *rpcparse.PDU, frag []byte) bool 
 	if !s.inspectCall(rt, p, &c, stub) {
 		return false
 	}
-	s.mu.Lock()
 	s.calls = append(s.calls, c)
-	s.mu.Unlock()
 	out := frag
 	if !single {
 		out = s.asm.raw
@@ -516,12 +486,10 @@ func (s *session) dropAssembly() {
 	}
 }
 
-// clearPending must be called with s.mu held.
 func (s *session) clearPending() {
 	s.pendValid, s.pending = false, nil
 }
 
-// liveContext must be called with s.mu held.
 func (s *session) liveContext(id uint16) (liveContext, bool) {
 	for _, c := range s.live {
 		if c.id == id {
@@ -531,7 +499,6 @@ func (s *session) liveContext(id uint16) (liveContext, bool) {
 	return liveContext{}, false
 }
 
-// findCall must be called with s.mu held.
 func (s *session) findCall(id uint32) int {
 	for i := range s.calls {
 		if s.calls[i].id == id {
@@ -587,7 +554,14 @@ func (s *session) connectUpstream(rt *Runtime, p *rpcparse.PDU) bool {
 		}
 		s.srv.metrics.UpstreamDialSeconds.Observe(time.Since(t0).Seconds())
 		s.srv.MarkUpstreamOK()
+		s.upMu.Lock()
 		s.upstream, s.upstreamAddr = c, addr
+		s.upMu.Unlock()
+		if s.closed.Load() { // Shutdown aborted us while dialling
+			c.Close()
+			s.setReason(ReasonShutdown)
+			return false
+		}
 		s.hostBuf = getBuffer(hostFrameSize(s.maxFrg))
 		s.hostFr = rpcparse.NewFramerBuffer(countingReader{c, &s.hostBytes}, *s.hostBuf)
 		s.hostPDU = new(rpcparse.PDU)
@@ -728,9 +702,7 @@ func appendRequestFields(f []zap.Field, s *session, p *rpcparse.PDU) []zap.Field
 		zap.Uint16("dcerpc.context_id", p.Request.ContextID),
 		zap.Uint16("dcerpc.opnum", p.Request.Opnum),
 	)
-	s.mu.Lock()
 	ctx, ok := s.liveContext(p.Request.ContextID)
-	s.mu.Unlock()
 	if ok {
 		f = append(f,
 			zap.String("dcerpc.interface.uuid", uuidText(ctx.iface.UUID)),
@@ -811,8 +783,6 @@ func (s *session) relayHostPDU(frag []byte) bool {
 }
 
 func (s *session) outstanding() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	return s.pendValid || len(s.calls) > 0
 }
 
@@ -843,7 +813,6 @@ func (s *session) hostReadError(err error) {
 // prompt refusal rather than a bare close.
 func (s *session) failOutstanding() {
 	var out []byte
-	s.mu.Lock()
 	if s.pendValid {
 		if s.pendType == rpcparse.PTypeBind {
 			out = rpcparse.AppendBindNak(out, s.drep, s.pendCall, rpcparse.NakTemporaryCongestion)
@@ -857,14 +826,12 @@ func (s *session) failOutstanding() {
 			s.finishKMSCall(&c, nil, nil)
 		}
 	}
-	// Answered once, whichever loop noticed first; the write happens under
-	// the lock so the other loop cannot close the client before it.
+	// Answered once.
 	s.calls = nil
 	s.clearPending()
 	if len(out) > 0 {
 		s.writeClient(out)
 	}
-	s.mu.Unlock()
 }
 
 // checkHostPDU updates the association from the host's answer and returns
@@ -873,8 +840,6 @@ func (s *session) checkHostPDU(p *rpcparse.PDU, respStub *[]byte) string {
 	if !p.Type.FromServer() {
 		return ReasonHostWrongDirection
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	switch p.Type {
 	case rpcparse.PTypeBindAck, rpcparse.PTypeAlterContextResp:
 		want := rpcparse.PTypeBind
@@ -953,9 +918,11 @@ func (s *session) abort(reason string) {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.client.Close()
+		s.upMu.Lock()
 		if s.upstream != nil {
 			s.upstream.Close()
 		}
+		s.upMu.Unlock()
 	})
 }
 
@@ -1010,10 +977,8 @@ func (s *session) finish() {
 		putBuffer(s.clientBuf)
 		s.clientBuf = nil
 	}
-	s.mu.Lock()
 	pending := s.calls
 	s.calls = nil
-	s.mu.Unlock()
 	for i := range pending {
 		if pending[i].kms != nil {
 			s.finishKMSCall(&pending[i], nil, nil)

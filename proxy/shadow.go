@@ -31,10 +31,8 @@ func (s *session) shadowKMS(rt *Runtime, p *rpcparse.PDU, facts acl.KMSFacts, li
 		return
 	}
 	// The shadow's own request decision picks the rule whose kms: block applies.
-	s.mu.Lock()
 	ctx, _ := s.liveContext(p.Request.ContextID)
 	auth := s.auth
-	s.mu.Unlock()
 	sr := rt.Shadow.DecideRequest(s.src.Addr(), ctx.iface, auth, p.Request.Opnum)
 	if sr.Verdict != acl.Allow {
 		return // shadowRequest already reported this call's difference

@@ -142,7 +142,7 @@ func TestFileDescriptorBudget(t *testing.T) {
 
 	// 52 descriptors: 52-32 = 20 for connections.
 	cmd := exec.Command("bash", "-c", `ulimit -n 52 && exec "$0" serve --config "$1"`, bin, cfgPath)
-	var stdout bytes.Buffer
+	var stdout fixture.LogBuffer // written by the process while the test reads it
 	cmd.Stdout, cmd.Stderr = &stdout, &stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -175,7 +175,7 @@ func TestFileDescriptorBudget(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	refusedForFD := 0
-	sc := bufio.NewScanner(bytes.NewReader(stdout.Bytes()))
+	sc := bufio.NewScanner(strings.NewReader(stdout.String()))
 	for sc.Scan() {
 		var ev map[string]any
 		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev["event.action"] == "connection-refused" && ev["event.reason"] == "fd-budget" {

@@ -149,7 +149,7 @@ func TestProcessShutdownGrace(t *testing.T) {
 		parked := bindHeld(t, srcDMZ, p.addr, win)
 		partial := bindHeld(t, "127.0.0.5", p.addr, win)
 		partial.Send(win.C2S[2][:10])      // the request's first 10 bytes, no more
-		time.Sleep(500 * time.Millisecond) // well past the 200 ms park delay
+		time.Sleep(500 * time.Millisecond) // well past the 20 ms park delay
 		watches := map[string]*closeWatch{
 			"parked":  watchClose(parked.Conn, 30*time.Second),
 			"partial": watchClose(partial.Conn, 30*time.Second),
