@@ -79,23 +79,41 @@ func (s *Server) park(sess *session) bool {
 	return true
 }
 
-// readable reports, with one poll(2) and no wait, whether c has bytes or
-// an end of stream waiting to be read.
-func readable(c net.Conn) bool {
-	raw, ok := c.(syscall.Conn)
-	if !ok {
+// hostPoller reports, with one poll(2) and no wait, whether the host's
+// socket has bytes or an end of stream waiting. The raw conn, the callback
+// and the pollfd are made once per upstream connection, so asking before
+// every client PDU allocates nothing.
+type hostPoller struct {
+	rc    syscall.RawConn
+	fds   [1]unix.PollFd
+	ready bool
+	check func(fd uintptr)
+}
+
+func newHostPoller(c net.Conn) *hostPoller {
+	h := &hostPoller{}
+	if raw, ok := c.(syscall.Conn); ok {
+		h.rc, _ = raw.SyscallConn()
+	}
+	h.check = func(fd uintptr) {
+		h.fds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+		n, err := unix.Poll(h.fds[:], 0)
+		h.ready = err == nil && n > 0
+	}
+	return h
+}
+
+// readable is true when bytes may be waiting: a conn without a raw socket
+// (tests' pipes) is read with the caller's short deadline instead.
+func (h *hostPoller) readable() bool {
+	if h.rc == nil {
 		return true
 	}
-	rc, err := raw.SyscallConn()
-	if err != nil {
+	h.ready = false
+	if h.rc.Control(h.check) != nil {
 		return false
 	}
-	ready := false
-	rc.Control(func(fd uintptr) {
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-		ready = err == nil && n > 0
-	})
-	return ready
+	return h.ready
 }
 
 // parkLoop starts the session of every parked connection that became

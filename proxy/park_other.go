@@ -10,9 +10,12 @@ type parker struct{}
 func (s *Server) park(*session) bool { return false }
 func (s *Server) unparkAll()         {}
 
-// readable cannot ask the kernel cheaply here; report data possibly
-// waiting so the caller reads with its short deadline.
-func readable(net.Conn) bool { return true }
+// hostPoller cannot ask the kernel cheaply here; it reports data possibly
+// waiting, so the caller reads with its short deadline.
+type hostPoller struct{}
+
+func newHostPoller(net.Conn) *hostPoller { return &hostPoller{} }
+func (*hostPoller) readable() bool       { return true }
 
 // Parked returns how many connections are parked: none on this platform.
 func (s *Server) Parked() int { return 0 }

@@ -82,6 +82,7 @@ type session struct {
 	// goroutine serves both directions with no hand-offs between threads.
 	hostBuf  *[]byte // nil while parked
 	hostFr   *rpcparse.Framer
+	hostPoll *hostPoller
 	hostPDU  *rpcparse.PDU // made with the upstream connection
 	respStub []byte
 
@@ -565,6 +566,7 @@ func (s *session) connectUpstream(rt *Runtime, p *rpcparse.PDU) bool {
 		s.hostBuf = getBuffer(hostFrameSize(s.maxFrg))
 		s.hostFr = rpcparse.NewFramerBuffer(countingReader{c, &s.hostBytes}, *s.hostBuf)
 		s.hostPDU = new(rpcparse.PDU)
+		s.hostPoll = newHostPoller(c)
 		return true
 	}
 	s.srv.releaseFD()
@@ -935,7 +937,7 @@ const unsolicitedWait = 50 * time.Millisecond
 // host is read only while the client waits for an answer); a shutdown is
 // relayed, anything else is a violation. One poll(2) when nothing waits.
 func (s *session) hostQuiet() bool {
-	for s.hostFr.Buffered() > 0 || readable(s.upstream) {
+	for s.hostFr.Buffered() > 0 || s.hostPoll.readable() {
 		s.upstream.SetReadDeadline(time.Now().Add(unsolicitedWait))
 		frag, err := s.hostFr.Next()
 		if err != nil {
