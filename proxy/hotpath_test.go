@@ -96,10 +96,10 @@ func TestHotPathAllocatesNothing(t *testing.T) {
 	}
 }
 
-// loadC2S reads the client PDUs of a shared capture (one hex PDU per line).
+// loadC2S reads the client PDUs of a capture in testdata/kms (one hex PDU per line).
 func loadC2S(tb testing.TB, name string) [][]byte {
 	tb.Helper()
-	f, err := os.Open(filepath.Join("..", "..", "shared", "testdata", "kms", name+".c2s.hex"))
+	f, err := os.Open(filepath.Join("..", "testdata", "kms", name+".c2s.hex"))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -22,7 +22,7 @@ func (r *replay) Read(p []byte) (int, error) {
 }
 
 func firstCaptureBind(t testing.TB) []byte {
-	return readHexPDUs(t, sharedKMS+"/win10-v6.c2s.hex")[0]
+	return readHexPDUs(t, captureDir+"/win10-v6.c2s.hex")[0]
 }
 
 func build5KRequest() []byte {

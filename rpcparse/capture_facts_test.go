@@ -71,8 +71,8 @@ func checkCommon(t *testing.T, p *PDU, typ PType, size int, call uint32, flags u
 func TestCaptureFacts(t *testing.T) {
 	for _, c := range captureFacts {
 		t.Run(c.name, func(t *testing.T) {
-			c2s := readHexPDUs(t, filepath.Join(sharedKMS, c.name+".c2s.hex"))
-			s2c := readHexPDUs(t, filepath.Join(sharedKMS, c.name+".s2c.hex"))
+			c2s := readHexPDUs(t, filepath.Join(captureDir, c.name+".c2s.hex"))
+			s2c := readHexPDUs(t, filepath.Join(captureDir, c.name+".s2c.hex"))
 			if len(c2s) != 2+len(c.requests) || len(s2c) != 2+len(c.responses) {
 				t.Fatalf("PDU count c2s %d s2c %d", len(c2s), len(s2c))
 			}

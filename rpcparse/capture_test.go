@@ -12,8 +12,8 @@ import (
 	"testing"
 )
 
-// sharedKMS is where CI and developers have the real captures.
-const sharedKMS = "../../shared/testdata/kms"
+// captureDir holds the real KMS captures, in the repository (see its README.md).
+const captureDir = "../testdata/kms"
 
 // readHexPDUs returns the PDUs of a .hex capture file, one per line.
 func readHexPDUs(t testing.TB, path string) [][]byte {
@@ -42,9 +42,9 @@ func readHexPDUs(t testing.TB, path string) [][]byte {
 
 func captureFiles(t testing.TB) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(sharedKMS, "*.hex"))
+	files, err := filepath.Glob(filepath.Join(captureDir, "*.hex"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no captures under %s: %v", sharedKMS, err)
+		t.Fatalf("no captures under %s: %v", captureDir, err)
 	}
 	return files
 }

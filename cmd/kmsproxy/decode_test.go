@@ -11,7 +11,8 @@ import (
 	"testing"
 )
 
-const sharedKMS = "../../../shared/testdata/kms"
+// captureDir holds the real KMS captures, in the repository (see its README.md).
+const captureDir = "../../testdata/kms"
 
 // decodeCLI runs `kmsproxy decode args...` and returns each output line as a map.
 func decodeCLI(t *testing.T, args ...string) ([]map[string]any, error) {
@@ -49,10 +50,10 @@ func pduView(m map[string]any) map[string]any {
 	return v
 }
 
-// TestDecodeSharedCaptures decodes every shared file and checks that each
+// TestDecodeCaptures decodes every capture file and checks that each
 // pcap and its hex files give the same PDU sequence in each direction.
-func TestDecodeSharedCaptures(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join(sharedKMS, "*"))
+func TestDecodeCaptures(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(captureDir, "*"))
 	decoded := 0
 	for _, f := range files {
 		if !strings.HasSuffix(f, ".pcap") {
@@ -98,12 +99,12 @@ func TestDecodeSharedCaptures(t *testing.T) {
 		}
 	}
 	if decoded == 0 {
-		t.Fatalf("no captures under %s", sharedKMS)
+		t.Fatalf("no captures under %s", captureDir)
 	}
 }
 
 func TestDecodeKMSBindFields(t *testing.T) {
-	objs, err := decodeCLI(t, filepath.Join(sharedKMS, "win10-v6.pcap"), "--port", "21688")
+	objs, err := decodeCLI(t, filepath.Join(captureDir, "win10-v6.pcap"), "--port", "21688")
 	if err != nil || len(objs) != 6 {
 		t.Fatalf("%d objects, %v", len(objs), err)
 	}
@@ -113,7 +114,7 @@ func TestDecodeKMSBindFields(t *testing.T) {
 			t.Errorf("bind lacks %s: %s", want, js)
 		}
 	}
-	if objs, _ := decodeCLI(t, filepath.Join(sharedKMS, "win10-v6.pcap"), "--port", "1688"); len(objs) != 0 {
+	if objs, _ := decodeCLI(t, filepath.Join(captureDir, "win10-v6.pcap"), "--port", "1688"); len(objs) != 0 {
 		t.Fatalf("--port 1688 kept %d PDUs", len(objs))
 	}
 }
@@ -154,7 +155,7 @@ func expectedValues(t *testing.T, path, label string) []string {
 // TestDecodeKMSFields: decode shows, for every activation call in every
 // capture, the request and reply fields the client itself printed.
 func TestDecodeKMSFields(t *testing.T) {
-	pcaps, _ := filepath.Glob(filepath.Join(sharedKMS, "*.pcap"))
+	pcaps, _ := filepath.Glob(filepath.Join(captureDir, "*.pcap"))
 	if len(pcaps) == 0 {
 		t.Fatal("no captures")
 	}

@@ -10,7 +10,7 @@
 //
 // Inputs are classic pcap, pcapng (Ethernet, BSD loopback, Linux SLL/SLL2,
 // raw IPv4/IPv6; chosen by the file's magic, read in pure Go) and the hex
-// format of the shared test data (one PDU per line). TCP streams are
+// format of the captures in testdata/kms (one PDU per line). TCP streams are
 // reassembled per direction from the SYN's sequence number (or the lowest
 // one seen), so retransmitted, overlapping and out-of-order segments
 // deliver each byte once, first copy wins. PDUs are framed with

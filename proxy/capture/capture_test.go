@@ -15,7 +15,8 @@ import (
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 
-const sharedKMS = "../../../shared/testdata/kms"
+// captureDir holds the real KMS captures, in the repository (see its README.md).
+const captureDir = "../../testdata/kms"
 
 var (
 	cli = netip.MustParseAddrPort("10.0.0.1:50000")
@@ -77,12 +78,12 @@ func wantPDUs(t *testing.T, got [][]byte, want ...[]byte) {
 	}
 }
 
-// TestSharedCapturesMatchHex: each real pcap decodes to exactly the PDUs of
+// TestCapturesMatchHex: each real pcap decodes to exactly the PDUs of
 // its .c2s.hex and .s2c.hex files, per direction, in order.
-func TestSharedCapturesMatchHex(t *testing.T) {
-	pcaps, _ := filepath.Glob(filepath.Join(sharedKMS, "*.pcap"))
+func TestCapturesMatchHex(t *testing.T) {
+	pcaps, _ := filepath.Glob(filepath.Join(captureDir, "*.pcap"))
 	if len(pcaps) == 0 {
-		t.Fatalf("no captures under %s", sharedKMS)
+		t.Fatalf("no captures under %s", captureDir)
 	}
 	for _, pc := range pcaps {
 		name := strings.TrimSuffix(pc, ".pcap")
@@ -388,7 +389,7 @@ func TestStubDecoderHook(t *testing.T) {
 // which is one whole PDU (Split agrees) or carries an error.
 func FuzzRead(f *testing.F) {
 	for _, name := range []string{"win10-v4.pcap", "win10-v6.c2s.hex"} {
-		if b, err := os.ReadFile(filepath.Join(sharedKMS, name)); err == nil {
+		if b, err := os.ReadFile(filepath.Join(captureDir, name)); err == nil {
 			f.Add(b)
 		}
 	}

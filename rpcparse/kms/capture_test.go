@@ -14,8 +14,8 @@ import (
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 )
 
-// captureDir holds the shared loopback captures (see its README.md).
-const captureDir = "../../../shared/testdata/kms"
+// captureDir holds the loopback captures, in the repository (see its README.md).
+const captureDir = "../../testdata/kms"
 
 // call is one RequestActivation exchange taken from a capture.
 type call struct {

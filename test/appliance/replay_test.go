@@ -120,7 +120,7 @@ var capFacts = []struct {
 	{"win10-v6-two-requests-ndr64", "windows", 6, 2, "0x00000000", "127.0.0.1:21688"},
 }
 
-func pcapPath(name string) string { return filepath.Join(fixture.SharedDir(), name+".pcap") }
+func pcapPath(name string) string { return filepath.Join(fixture.CaptureDir(), name+".pcap") }
 
 // Allowing policy: every client PDU allowed, every host PDU relayed, the
 // contexts the host accepted and the KMS facts as the README states.

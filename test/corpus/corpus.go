@@ -3,10 +3,10 @@
 // in both byte orders, multi-context binds to well-known interfaces, auth
 // trailers of the common types with dummy credentials, fragmented and
 // object-UUID requests, faults, bind_naks, and the real KMS exchanges of
-// ../shared/testdata/kms replayed over one connection each.
+// testdata/kms (at the module root) replayed over one connection each.
 //
 //	var buf bytes.Buffer
-//	st, err := corpus.Write(&buf, corpus.SharedDir())
+//	st, err := corpus.Write(&buf, corpus.CaptureDir())
 //
 // The output is deterministic; dcerpc-corpus.pcap beside this file is a
 // committed copy (regenerate with `go test ./test/corpus -update`).
@@ -47,9 +47,22 @@ func Dir() string {
 	return filepath.Dir(file)
 }
 
-// SharedDir returns ../shared/testdata/kms beside the project root.
-func SharedDir() string {
-	return filepath.Join(filepath.Dir(filepath.Dir(filepath.Dir(Dir()))), "shared", "testdata", "kms")
+// CaptureDir returns the repository's testdata/kms: the directory holding
+// go.mod, found by walking up from Dir, then testdata/kms.
+func CaptureDir() string {
+	root := "."
+	for dir := Dir(); ; {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			root = dir
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	return filepath.Join(root, "testdata", "kms")
 }
 
 type gen struct {
@@ -58,9 +71,9 @@ type gen struct {
 	port uint16
 }
 
-// Write writes the whole corpus as a pcap to out. sharedDir holds the real
+// Write writes the whole corpus as a pcap to out. captureDir holds the real
 // KMS hex captures to replay ("" skips them).
-func Write(out io.Writer, sharedDir string) (Stats, error) {
+func Write(out io.Writer, captureDir string) (Stats, error) {
 	w, err := NewWriter(out)
 	if err != nil {
 		return Stats{}, err
@@ -78,8 +91,8 @@ func Write(out io.Writer, sharedDir string) (Stats, error) {
 		g.manyContexts(drep)
 	}
 	g.ipv6()
-	if sharedDir != "" {
-		if err := g.replayShared(sharedDir); err != nil {
+	if captureDir != "" {
+		if err := g.replayCaptures(captureDir); err != nil {
 			return g.st, err
 		}
 	}
@@ -422,9 +435,9 @@ func (g *gen) ipv6() {
 	c.Close()
 }
 
-// replayShared replays each real KMS exchange, alternating client and
+// replayCaptures replays each real KMS exchange, alternating client and
 // server PDUs in the order the exchange ran.
-func (g *gen) replayShared(dir string) error {
+func (g *gen) replayCaptures(dir string) error {
 	files, err := filepath.Glob(filepath.Join(dir, "*.c2s.hex"))
 	if err != nil {
 		return fmt.Errorf("corpus: %w", err)

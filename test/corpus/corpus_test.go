@@ -16,7 +16,7 @@ var update = flag.Bool("update", false, "rewrite "+FileName)
 // and that the committed copy is what it produces.
 func TestCorpus(t *testing.T) {
 	var buf bytes.Buffer
-	st, err := Write(&buf, SharedDir())
+	st, err := Write(&buf, CaptureDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestCorpus(t *testing.T) {
 		}
 	}
 	var again bytes.Buffer
-	if _, err := Write(&again, SharedDir()); err != nil || !bytes.Equal(buf.Bytes(), again.Bytes()) {
+	if _, err := Write(&again, CaptureDir()); err != nil || !bytes.Equal(buf.Bytes(), again.Bytes()) {
 		t.Fatalf("generator is not deterministic (%v)", err)
 	}
 	path := filepath.Join(Dir(), FileName)

@@ -1,6 +1,6 @@
 // Package load is kmsproxy's measuring equipment: a load generator that
 // speaks KMS-shaped DCE/RPC built from the real exchanges in
-// ../shared/testdata/kms, and a lean KMS host that answers with the
+// testdata/kms (at the module root), and a lean KMS host that answers with the
 // recorded replies as fast as it can.
 //
 //	host, _ := load.StartHost("127.0.0.1:0", caps)   // or: go run ./test/load/cmd/kmshost
@@ -57,18 +57,34 @@ type Exchange struct {
 	Requests [][]byte // each answered by one response
 }
 
-// DefaultCaptureDir finds ../shared/testdata/kms beside the module root,
-// from this source file's location (go run / go test) or the working
-// directory.
+// DefaultCaptureDir finds the repository's testdata/kms: under the module
+// root (the directory holding go.mod) found by walking up from this source
+// file's location (go run / go test), else from the working directory.
 func DefaultCaptureDir() string {
+	var starts []string
 	if _, file, _, ok := runtime.Caller(0); ok {
-		root := filepath.Dir(filepath.Dir(filepath.Dir(file)))
-		d := filepath.Join(filepath.Dir(root), "shared", "testdata", "kms")
-		if st, err := os.Stat(d); err == nil && st.IsDir() {
-			return d
+		starts = append(starts, filepath.Dir(file))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	for _, start := range starts {
+		for dir := start; ; {
+			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+				d := filepath.Join(dir, "testdata", "kms")
+				if st, err := os.Stat(d); err == nil && st.IsDir() {
+					return d
+				}
+				break
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				break
+			}
+			dir = parent
 		}
 	}
-	return filepath.Join("..", "shared", "testdata", "kms")
+	return filepath.Join("testdata", "kms")
 }
 
 // ReadHex reads one hex-encoded PDU per line.

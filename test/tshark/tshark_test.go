@@ -37,7 +37,7 @@ func TestDifferential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := corpus.Write(f, corpus.SharedDir())
+	st, err := corpus.Write(f, corpus.CaptureDir())
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -45,9 +45,9 @@ func TestDifferential(t *testing.T) {
 		t.Fatal(err)
 	}
 	inputs := []string{corpusPath}
-	real, _ := filepath.Glob(filepath.Join(corpus.SharedDir(), "*.pcap"))
+	real, _ := filepath.Glob(filepath.Join(corpus.CaptureDir(), "*.pcap"))
 	if len(real) == 0 {
-		t.Fatalf("no real captures under %s", corpus.SharedDir())
+		t.Fatalf("no real captures under %s", corpus.CaptureDir())
 	}
 	inputs = append(inputs, real...)
 

@@ -1,6 +1,6 @@
 // Command kmshost is a lean KMS host stand-in for load tests: it answers
 // binds, alter_contexts and requests with the replies recorded in
-// ../shared/testdata/kms, call ids patched, as fast as it can.
+// testdata/kms (at the module root), call ids patched, as fast as it can.
 //
 //	go run ./test/load/cmd/kmshost -listen 127.0.0.1:21688
 //
