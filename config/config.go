@@ -48,6 +48,26 @@ type Config struct {
 	Path string `mapstructure:"-"`
 }
 
+// AllowsNothingWarning is what start, reload and `kmsproxy check` say
+// about a policy whose rules only deny.
+const AllowsNothingWarning = "no rule allows anything: every connection is refused at accept"
+
+// AllowsNothing reports whether no rule of the compiled policy has action
+// allow. Such a policy is valid (it blocks everything, as an admin may want
+// during an incident): every source is in no allow rule's zone, so every
+// connection is closed at accept (DESIGN rule 1).
+func (c *Config) AllowsNothing() bool {
+	if c == nil || c.Policy == nil {
+		return true
+	}
+	for _, r := range c.Policy.Rules() {
+		if r.Action == acl.Allow {
+			return false
+		}
+	}
+	return true
+}
+
 // Rule is one entry of rules:, as written.
 type Rule struct {
 	Name      string   `mapstructure:"name"`

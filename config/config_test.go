@@ -100,7 +100,6 @@ func TestBadFixtures(t *testing.T) {
 		{"unknown-limit", "limits.max_frag", "unknown key"},
 		{"bad-yaml", "", "not valid YAML"},
 		{"duplicate-zone-case", "zones.dmz", "zone defined twice"},
-		{"only-deny", "rules", "no rule has action allow"},
 		{"kms-watch", "kms_watch.max_tracked", "must be 1..10000000, got 0"},
 		{"shadow-missing", "shadow.config", "cannot read testdata/no-such-candidate.yaml: no such file"},
 		{"wrong-type", "rules[0].opnums[0]", `cannot read "zero" as an integer`},
@@ -299,6 +298,58 @@ func TestGoodConfig(t *testing.T) {
 	}
 	if d := pol.DecideKMS(1, acl.KMSFacts{Malformed: true}); d.Reason != acl.ReasonKMSMalformed {
 		t.Errorf("malformed: %+v", d)
+	}
+}
+
+// A policy whose rules only deny is valid (a block-everything policy for
+// an incident): it loads, says it allows nothing, and admits no source at
+// accept, even one in a zone a deny rule names. An empty rule list stays
+// an error (no-rules, missing-rules above).
+func TestOnlyDenyLoads(t *testing.T) {
+	cfg := mustLoad(t, filepath.Join("testdata", "only-deny.yaml"))
+	if !cfg.AllowsNothing() {
+		t.Fatal("a deny-only policy does not report that it allows nothing")
+	}
+	if good := mustLoad(t, filepath.Join("testdata", "good.yaml")); good.AllowsNothing() {
+		t.Error("good.yaml reports that it allows nothing")
+	}
+	kms := rpcparse.SyntaxID{UUID: rpcparse.KMSInterfaceUUID, Major: 1}
+	in, out := netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("203.0.113.1")
+	if cfg.Policy.Zone(in) != "dmz" {
+		t.Fatalf("zone of %v: %q", in, cfg.Policy.Zone(in))
+	}
+	for _, src := range []netip.Addr{in, out} {
+		if d := cfg.Policy.AdmitSource(src); d.Allowed() || d.Reason != acl.ReasonSourceNotInZone {
+			t.Errorf("%v admitted at accept under a deny-only policy: %+v", src, d)
+		}
+	}
+	if d := cfg.Policy.DecideRequest(in, kms, rpcparse.AuthClassNone, 0); d.Allowed() {
+		t.Errorf("KMS opnum 0 allowed under a deny-only policy: %+v", d)
+	}
+
+	// Several deny rules, one matching everything, the zones overlapping.
+	text := `
+upstreams: ["10.20.0.15:1688"]
+zones:
+  dmz: ["192.0.2.0/24"]
+  all: ["0.0.0.0/0", "::/0"]
+rules:
+  - { name: no-kms, from: [dmz], interface: kms, opnums: [0], action: deny }
+  - { name: no-anything, from: [all, dmz], action: deny }
+`
+	cfg = mustLoad(t, write(t, text))
+	if !cfg.AllowsNothing() {
+		t.Error("two deny rules: AllowsNothing false")
+	}
+	for _, s := range []string{"192.0.2.7", "10.1.2.3", "2001:db8::1"} {
+		if d := cfg.Policy.AdmitSource(netip.MustParseAddr(s)); d.Allowed() {
+			t.Errorf("%s admitted at accept: %+v", s, d)
+		}
+	}
+	// One allow rule among the denies: not "allows nothing".
+	cfg = mustLoad(t, write(t, text+"  - { name: kms, from: [dmz], interface: kms, opnums: [0], action: allow }\n"))
+	if cfg.AllowsNothing() {
+		t.Error("a policy with an allow rule reports that it allows nothing")
 	}
 }
 

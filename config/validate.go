@@ -220,7 +220,6 @@ func checkRules(ps *problems, cfg *Config) []acl.RuleSpec {
 	}
 	var specs []acl.RuleSpec
 	names := map[string]int{}
-	anyAllow := false
 	for i := range cfg.Rules {
 		r := &cfg.Rules[i]
 		path := fmt.Sprintf("rules[%d]", i)
@@ -241,7 +240,6 @@ func checkRules(ps *problems, cfg *Config) []acl.RuleSpec {
 		switch strings.ToLower(r.Action) {
 		case "allow":
 			s.Action = acl.Allow
-			anyAllow = true
 		case "deny":
 			s.Action = acl.Deny
 		case "":
@@ -297,9 +295,9 @@ func checkRules(ps *problems, cfg *Config) []acl.RuleSpec {
 		}
 		specs = append(specs, s)
 	}
-	if !anyAllow {
-		ps.add("rules", "no rule has action allow: every connection would be refused")
-	}
+	// Rules that only deny are valid: a block-everything policy is how an
+	// admin stops all traffic during an incident. Config.AllowsNothing
+	// reports it so start, reload and check can say so.
 	return specs
 }
 
