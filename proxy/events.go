@@ -30,6 +30,10 @@ const (
 	ActionKMSDuplicateCMID    = "kms-duplicate-cmid"
 	ActionKMSClockSkew        = "kms-clock-skew"
 	ActionRateLimited         = "rate-limited"
+	// ActionPolicyAllowsNothing warns that the policy loaded at start or
+	// installed by a reload has no allow rule: every connection is refused
+	// at accept. Valid (a block-everything policy), never silent.
+	ActionPolicyAllowsNothing = "policy-allows-nothing"
 )
 
 // Reasons the proxy itself produces (acl and rpcparse have their own).
@@ -91,6 +95,7 @@ var eventTypes = map[string][]string{
 	ActionKMSDuplicateCMID:    {"indicator", "info"},
 	ActionKMSClockSkew:        {"indicator", "info"},
 	ActionRateLimited:         {"protocol", "denied"},
+	ActionPolicyAllowsNothing: {"info"},
 }
 
 var eventCategory = zap.Strings("event.category", []string{"network"})

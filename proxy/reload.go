@@ -47,7 +47,25 @@ func (s *Server) Reload(path string) error {
 	s.metrics.ConfigReloads.WithLabelValues("success").Inc()
 	s.metrics.ConfigLastReload.Set(1)
 	s.metrics.Decisions.WithLabelValues(ActionConfigReloaded, "").Inc()
+	s.warnIfAllowsNothing(cfg)
 	return nil
+}
+
+// ReasonNoAllowRule is policy-allows-nothing's event.reason.
+const ReasonNoAllowRule = "no-allow-rule"
+
+// warnIfAllowsNothing logs policy-allows-nothing when cfg, just installed
+// at start or by a reload, has no allow rule: such a policy is valid and
+// enforced (every connection is refused at accept), but an operator must
+// see that it is the one running.
+func (s *Server) warnIfAllowsNothing(cfg *config.Config) {
+	if !cfg.AllowsNothing() {
+		return
+	}
+	s.log.Warn("policy allows nothing: every connection is refused at accept",
+		append(configEventFields(ActionPolicyAllowsNothing, "unknown", ReasonNoAllowRule),
+			zap.String("file.path", cfg.Path), zap.Int("kmsproxy.config.rules", len(cfg.Rules)))...)
+	s.metrics.Decisions.WithLabelValues(ActionPolicyAllowsNothing, ReasonNoAllowRule).Inc()
 }
 
 func configEventFields(action, outcome, reason string) []zap.Field {

@@ -87,6 +87,12 @@ func New(rt *Runtime, log *zap.Logger, metrics *Metrics) *Server {
 		watch:     newKMSWatch(),
 	}
 	s.rt.Store(rt)
+	if rt != nil {
+		// The server starts with a loaded, valid config: the last load
+		// succeeded (Reload keeps this 1 or sets 0 from then on).
+		metrics.ConfigLastReload.Set(1)
+		s.warnIfAllowsNothing(rt.Config)
+	}
 	var nofile uint64
 	s.fdBudget, nofile = fdBudget()
 	if s.fdBudget > 0 && rt != nil && 2*rt.Config.Limits.Connections > s.fdBudget {
