@@ -66,3 +66,31 @@ func TestServeRefusesInvalidConfig(t *testing.T) {
 		t.Fatal("serve started without a config file")
 	}
 }
+
+// A policy that only denies is valid: check prints the policy, warns on
+// stderr that it allows nothing, and exits 0.
+func TestCheckDenyOnlyWarns(t *testing.T) {
+	root := newRootCommand()
+	var stdout, stderr bytes.Buffer
+	root.SetOut(&stdout)
+	root.SetErr(&stderr)
+	root.SetArgs([]string{"check", "--config", "../../config/testdata/only-deny.yaml"})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("check failed on a deny-only policy (exit %d): %v\n%s%s", exitCode(err), err, stdout.String(), stderr.String())
+	}
+	const warning = "warning: no rule allows anything: every connection is refused at accept"
+	if !strings.Contains(stderr.String(), warning) {
+		t.Errorf("stderr lacks %q:\nstdout:\n%s\nstderr:\n%s", warning, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"(no match) → deny", "deny", "only-deny.yaml: OK"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout.String())
+		}
+	}
+
+	// A policy with an allow rule has no such warning.
+	out, err := runCLI(t, "check", "--config", "../../examples/kmsproxy.yaml")
+	if err != nil || strings.Contains(out, "warning:") {
+		t.Errorf("example config: %v\n%s", err, out)
+	}
+}

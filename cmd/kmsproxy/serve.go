@@ -198,6 +198,10 @@ func newCheckCommand() *cobra.Command {
 				return &exitError{code: 1, err: err}
 			}
 			cfg.WriteEffective(cmd.OutOrStdout())
+			if cfg.AllowsNothing() {
+				// Valid (a block-everything policy), but never by accident.
+				fmt.Fprintf(cmd.ErrOrStderr(), "\nwarning: %s\n", config.AllowsNothingWarning)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "\n%s: OK\n", p)
 			return nil
 		},
