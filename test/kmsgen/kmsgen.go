@@ -23,7 +23,7 @@ import (
 )
 
 // Defaults of NewRequest/NewResponse: a Windows 10 Professional client and
-// the vlmcsd host seen in the shared captures.
+// the vlmcsd host seen in the captures of testdata/kms.
 var (
 	DefaultApplication  = rpcparse.MustUUID("55c92734-d682-4d71-983e-d6ec3f16059f")
 	DefaultSKU          = rpcparse.MustUUID("2de67392-b7a7-462a-b1ca-108dd189f588")
