@@ -48,7 +48,7 @@ func (s *session) inspectCall(rt *Runtime, p *rpcparse.PDU, c *call, stub []byte
 	}
 	kc := &kmsCall{rule: s.asm.rule.Rule, start: time.Now()}
 	facts := acl.KMSFacts{}
-	blob, err := kms.ParseRequestStub(stub, c.ndr64)
+	blob, err := kms.ParseRequestStub(stub, kms.Encoding{NDR64: c.ndr64, BigEndian: s.drep.BigEndian()})
 	if err == nil {
 		err = kms.DecodeRequest(blob, &kc.req)
 	}
@@ -116,7 +116,7 @@ func (s *session) finishKMSCall(c *call, p *rpcparse.PDU, stub []byte) {
 // appendKMSResponse adds the reply's kms.* fields to f and reports its
 // HRESULT and whether the reply stub decoded.
 func (s *session) appendKMSResponse(f []zap.Field, c *call, kc *kmsCall, stub []byte) ([]zap.Field, uint32, bool) {
-	blob, hr, err := kms.ParseResponseStub(stub, c.ndr64)
+	blob, hr, err := kms.ParseResponseStub(stub, kms.Encoding{NDR64: c.ndr64, BigEndian: c.respBigEndian})
 	if err != nil {
 		return append(f, zap.String("kmsproxy.kms_reply_error", err.Error())), 0, false
 	}

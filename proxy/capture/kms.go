@@ -60,9 +60,10 @@ func NewKMSDecoder() StubDecoder {
 				return nil
 			}
 			c := &kmsCall{}
-			blob, err := kmscodec.ParseRequestStub(p.Request.Stub, false)
+			big := p.DataRep.BigEndian()
+			blob, err := kmscodec.ParseRequestStub(p.Request.Stub, kmscodec.Encoding{BigEndian: big})
 			if err != nil {
-				if b64, err64 := kmscodec.ParseRequestStub(p.Request.Stub, true); err64 == nil {
+				if b64, err64 := kmscodec.ParseRequestStub(p.Request.Stub, kmscodec.Encoding{NDR64: true, BigEndian: big}); err64 == nil {
 					blob, err, c.ndr64 = b64, nil, true
 				}
 			}
@@ -85,7 +86,7 @@ func NewKMSDecoder() StubDecoder {
 			}
 			delete(calls, key)
 			f := &KMSFact{NDR: ndrName(c.ndr64)}
-			blob, hr, err := kmscodec.ParseResponseStub(p.Response.Stub, c.ndr64)
+			blob, hr, err := kmscodec.ParseResponseStub(p.Response.Stub, kmscodec.Encoding{NDR64: c.ndr64, BigEndian: p.DataRep.BigEndian()})
 			if err != nil {
 				f.Error, f.Reason = err.Error(), kmscodec.Reason(err)
 				return f

@@ -14,7 +14,7 @@ func benchRequest(b *testing.B, major uint16) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(stub)))
 	for b.Loop() {
-		blob, err := kms.ParseRequestStub(stub, false)
+		blob, err := kms.ParseRequestStub(stub, kms.Encoding{})
 		if err == nil {
 			err = kms.DecodeRequest(blob, &got)
 		}
@@ -37,7 +37,7 @@ func BenchmarkDecodeResponseV6(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(stub)))
 	for b.Loop() {
-		blob, _, err := kms.ParseResponseStub(stub, false)
+		blob, _, err := kms.ParseResponseStub(stub, kms.Encoding{})
 		if err == nil {
 			err = kms.DecodeResponse(blob, &req, &got)
 		}

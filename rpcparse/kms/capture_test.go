@@ -255,7 +255,7 @@ func TestCaptures(t *testing.T) {
 				return c.blocks[bi-1].fields
 			}
 			for i, cl := range c.calls {
-				blob, err := kms.ParseRequestStub(cl.reqStub, cl.ndr64)
+				blob, err := kms.ParseRequestStub(cl.reqStub, kms.Encoding{NDR64: cl.ndr64})
 				if err != nil {
 					t.Fatalf("call %d: ParseRequestStub: %v", i, err)
 				}
@@ -265,7 +265,7 @@ func TestCaptures(t *testing.T) {
 				}
 				checkRequest(t, next("request"), &req)
 
-				rblob, hr, err := kms.ParseResponseStub(cl.respStub, cl.ndr64)
+				rblob, hr, err := kms.ParseResponseStub(cl.respStub, kms.Encoding{NDR64: cl.ndr64})
 				if err != nil {
 					t.Fatalf("call %d: ParseResponseStub: %v", i, err)
 				}

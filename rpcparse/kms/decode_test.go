@@ -20,7 +20,7 @@ var rnd = [16]byte{0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
 func TestCapturesReencode(t *testing.T) {
 	for _, c := range loadCaptures(t) {
 		for i, cl := range c.calls {
-			blob, err := kms.ParseRequestStub(cl.reqStub, cl.ndr64)
+			blob, err := kms.ParseRequestStub(cl.reqStub, kms.Encoding{NDR64: cl.ndr64})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -34,7 +34,7 @@ func TestCapturesReencode(t *testing.T) {
 			if got := kmsgen.RequestStub(blob, cl.ndr64); !bytes.Equal(got, cl.reqStub) {
 				t.Errorf("%s call %d: re-encoded request stub differs", c.name, i)
 			}
-			rblob, hr, err := kms.ParseResponseStub(cl.respStub, cl.ndr64)
+			rblob, hr, err := kms.ParseResponseStub(cl.respStub, kms.Encoding{NDR64: cl.ndr64})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -74,7 +74,7 @@ func TestRoundTrip(t *testing.T) {
 				want.IV = kmsgen.IV(byte(major))
 			}
 			stub := kmsgen.RequestStub(kmsgen.EncodeRequest(&want, want.IV), ndr64)
-			blob, err := kms.ParseRequestStub(stub, ndr64)
+			blob, err := kms.ParseRequestStub(stub, kms.Encoding{NDR64: ndr64})
 			if err != nil {
 				t.Fatalf("V%d ndr64=%v: %v", major, ndr64, err)
 			}
@@ -92,7 +92,7 @@ func TestRoundTrip(t *testing.T) {
 			wresp := kmsgen.NewResponse(&got)
 			wresp.CurrentCount = 10
 			rstub := kmsgen.ResponseStub(kmsgen.EncodeResponse(&wresp, &got, rnd), 0, ndr64)
-			rblob, hr, err := kms.ParseResponseStub(rstub, ndr64)
+			rblob, hr, err := kms.ParseResponseStub(rstub, kms.Encoding{NDR64: ndr64})
 			if err != nil || hr != 0 {
 				t.Fatalf("V%d ndr64=%v: response stub: %v %#x", major, ndr64, err, hr)
 			}
@@ -173,7 +173,7 @@ func TestResponseChecksReported(t *testing.T) {
 func TestRefusalStub(t *testing.T) {
 	for _, ndr64 := range []bool{false, true} {
 		stub := kmsgen.ResponseStub(nil, kms.HResultKMSIDMismatch, ndr64)
-		blob, hr, err := kms.ParseResponseStub(stub, ndr64)
+		blob, hr, err := kms.ParseResponseStub(stub, kms.Encoding{NDR64: ndr64})
 		if err != nil || blob != nil || hr != kms.HResultKMSIDMismatch {
 			t.Errorf("ndr64=%v: %x %#x %v", ndr64, blob, hr, err)
 		}
@@ -316,13 +316,13 @@ func TestParseRequestStubMalformed(t *testing.T) {
 		{"NDR64 trailing", append(bytes.Clone(s64), 0), true},
 	}
 	for _, tc := range tests {
-		_, err := kms.ParseRequestStub(tc.stub, tc.ndr64)
+		_, err := kms.ParseRequestStub(tc.stub, kms.Encoding{NDR64: tc.ndr64})
 		if !errors.Is(err, kms.ErrStub) || kms.Reason(err) != "kms-bad-stub" {
 			t.Errorf("%s: got %v, want ErrStub", tc.name, err)
 		}
 	}
 	for _, ndr64 := range []bool{false, true} {
-		b, err := kms.ParseRequestStub(kmsgen.RequestStub(blob, ndr64), ndr64)
+		b, err := kms.ParseRequestStub(kmsgen.RequestStub(blob, ndr64), kms.Encoding{NDR64: ndr64})
 		if err != nil || !bytes.Equal(b, blob) {
 			t.Errorf("ndr64=%v: good stub refused: %v", ndr64, err)
 		}
@@ -353,7 +353,7 @@ func TestParseResponseStub(t *testing.T) {
 		{"pad, then aligned HRESULT", hrAligned, false, 0xC004F042, 257},
 	}
 	for _, tc := range good {
-		b, hr, err := kms.ParseResponseStub(tc.stub, tc.ndr64)
+		b, hr, err := kms.ParseResponseStub(tc.stub, kms.Encoding{NDR64: tc.ndr64})
 		if err != nil || hr != tc.hr || len(b) != tc.n {
 			t.Errorf("%s: len %d hr %#x err %v", tc.name, len(b), hr, err)
 		}
@@ -375,7 +375,7 @@ func TestParseResponseStub(t *testing.T) {
 		{"NDR 2.0 stub read as NDR64", s32, true},
 	}
 	for _, tc := range bad {
-		_, _, err := kms.ParseResponseStub(tc.stub, tc.ndr64)
+		_, _, err := kms.ParseResponseStub(tc.stub, kms.Encoding{NDR64: tc.ndr64})
 		if !errors.Is(err, kms.ErrStub) {
 			t.Errorf("%s: got %v, want ErrStub", tc.name, err)
 		}
@@ -447,7 +447,7 @@ func TestDecodeV6RequestAllocs(t *testing.T) {
 		stub := kmsgen.RequestStub(reqWith(major, func(*kms.Request) {}), major == 6)
 		var r kms.Request
 		n := testing.AllocsPerRun(200, func() {
-			blob, err := kms.ParseRequestStub(stub, major == 6)
+			blob, err := kms.ParseRequestStub(stub, kms.Encoding{NDR64: major == 6})
 			if err != nil {
 				panic(err)
 			}
@@ -467,7 +467,7 @@ func TestDecodeResponseAllocs(t *testing.T) {
 	stub := kmsgen.ResponseStub(kmsgen.EncodeResponse(&resp, &req, rnd), 0, true)
 	var r kms.Response
 	n := testing.AllocsPerRun(200, func() {
-		blob, _, err := kms.ParseResponseStub(stub, true)
+		blob, _, err := kms.ParseResponseStub(stub, kms.Encoding{NDR64: true})
 		if err != nil {
 			panic(err)
 		}

@@ -5,7 +5,7 @@
 // Typical use, once a request PDU on a KMS context has passed the DCE/RPC
 // checks (the Request lives with the connection, so nothing allocates):
 //
-//	blob, err := kms.ParseRequestStub(pdu.Request.Stub, ctxIsNDR64)
+//	blob, err := kms.ParseRequestStub(pdu.Request.Stub, kms.Encoding{NDR64: ctxIsNDR64, BigEndian: pdu.DataRep.BigEndian()})
 //	if err == nil {
 //		err = kms.DecodeRequest(blob, &conn.kmsReq)
 //	}
@@ -17,7 +17,7 @@
 //
 // and for the reply:
 //
-//	blob, hr, err := kms.ParseResponseStub(pdu.Response.Stub, ctxIsNDR64)
+//	blob, hr, err := kms.ParseResponseStub(pdu.Response.Stub, kms.Encoding{NDR64: ctxIsNDR64, BigEndian: pdu.DataRep.BigEndian()})
 //	if err == nil && hr == kms.HResultOK {
 //		err = kms.DecodeResponse(blob, &conn.kmsReq, &conn.kmsResp)
 //	}

@@ -13,12 +13,12 @@ import (
 func captureBlobs(f *testing.F) (stubs [][]byte, ndr []bool, reqs, resps [][]byte) {
 	for _, c := range loadCaptures(f) {
 		for _, cl := range c.calls {
-			blob, err := kms.ParseRequestStub(cl.reqStub, cl.ndr64)
+			blob, err := kms.ParseRequestStub(cl.reqStub, kms.Encoding{NDR64: cl.ndr64})
 			if err != nil {
 				f.Fatal(err)
 			}
 			stubs, ndr, reqs = append(stubs, cl.reqStub), append(ndr, cl.ndr64), append(reqs, blob)
-			if rb, _, err := kms.ParseResponseStub(cl.respStub, cl.ndr64); err == nil && rb != nil {
+			if rb, _, err := kms.ParseResponseStub(cl.respStub, kms.Encoding{NDR64: cl.ndr64}); err == nil && rb != nil {
 				resps = append(resps, rb)
 			}
 		}
@@ -76,7 +76,7 @@ func FuzzParseRequestStub(f *testing.F) {
 	}
 	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0}, false)
 	f.Fuzz(func(t *testing.T, stub []byte, ndr64 bool) {
-		blob, err := kms.ParseRequestStub(stub, ndr64)
+		blob, err := kms.ParseRequestStub(stub, kms.Encoding{NDR64: ndr64})
 		if err != nil {
 			return
 		}
@@ -97,7 +97,7 @@ func FuzzDecodeResponse(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0x42, 0xf0, 0x04, 0xc0})
 	f.Fuzz(func(t *testing.T, blob []byte) {
 		for _, ndr64 := range []bool{false, true} {
-			if b, hr, err := kms.ParseResponseStub(blob, ndr64); err == nil {
+			if b, hr, err := kms.ParseResponseStub(blob, kms.Encoding{NDR64: ndr64}); err == nil {
 				// The parser takes the HRESULT unaligned too (vlmcsd writes it
 				// straight after the data, kms-protocol.md §1), so the
 				// canonical re-encoding may differ by the alignment padding,
@@ -109,7 +109,7 @@ func FuzzDecodeResponse(f *testing.F) {
 				// Among zero padding an HRESULT with a zero first or last
 				// byte has more than one place to be read from; the proxy
 				// only logs it, so only an unambiguous one must read back.
-				b2, hr2, err := kms.ParseResponseStub(again, ndr64)
+				b2, hr2, err := kms.ParseResponseStub(again, kms.Encoding{NDR64: ndr64})
 				ambiguous := hr&0xff == 0 || hr>>24 == 0
 				if err != nil || !bytes.Equal(b2, b) || (hr2 != hr && !ambiguous) {
 					t.Fatalf("canonical stub reads back %x %#x %v, want %x %#x", b2, hr2, err, b, hr)

@@ -16,28 +16,48 @@ const MaxBlob = 1024
 // py-kms) write in front of the response bytes.
 const ResponseReferent = 0x00020000
 
+// Encoding is how a stub is marshalled: the transfer syntax of its
+// presentation context and the integer byte order the call's first
+// fragment declared in its data representation. A host unmarshals the
+// stub in that byte order, so the proxy must read it the same way: a
+// big-endian PDU carrying a little-endian stub means something else at
+// the host than it seems to here. The zero value is NDR 2.0 little-endian,
+// what every Windows client sends.
+type Encoding struct {
+	NDR64     bool
+	BigEndian bool
+}
+
+// Order is the stub's integer byte order.
+func (e Encoding) Order() binary.ByteOrder {
+	if e.BigEndian {
+		return binary.BigEndian
+	}
+	return binary.LittleEndian
+}
+
 // ParseRequestStub checks the NDR framing of a RequestActivation request
 // stub and returns the KMS request blob inside it (a sub-slice of stub).
 // It is strict: requestSize must equal max_count and the bytes remaining,
 // and the NDR64 pad after the 32-bit requestSize must be zero.
-func ParseRequestStub(stub []byte, ndr64 bool) ([]byte, error) {
-	le := binary.LittleEndian
+func ParseRequestStub(stub []byte, enc Encoding) ([]byte, error) {
+	bo := enc.Order()
 	hdr := 8
-	if ndr64 {
+	if enc.NDR64 {
 		hdr = 16
 	}
 	if len(stub) < hdr {
 		return nil, derr("stub", len(stub), ErrStub)
 	}
-	size := uint64(le.Uint32(stub))
+	size := uint64(bo.Uint32(stub))
 	var count uint64
-	if ndr64 {
-		if le.Uint32(stub[4:]) != 0 {
+	if enc.NDR64 {
+		if bo.Uint32(stub[4:]) != 0 {
 			return nil, derr("requestSize pad", 4, ErrStub)
 		}
-		count = le.Uint64(stub[8:])
+		count = bo.Uint64(stub[8:])
 	} else {
-		count = uint64(le.Uint32(stub[4:]))
+		count = uint64(bo.Uint32(stub[4:]))
 	}
 	if size != count {
 		return nil, derr("max_count", hdr/2, ErrStub)
@@ -54,17 +74,17 @@ func ParseRequestStub(stub []byte, ndr64 bool) ([]byte, error) {
 // NULL referent. It is as lenient as real clients about the tail: the
 // HRESULT may sit anywhere in the last 4–7 bytes as long as the other tail
 // bytes are zero (vlmcsd and py-kms pad after it, NDR aligns before it).
-func ParseResponseStub(stub []byte, ndr64 bool) (blob []byte, hresult uint32, err error) {
-	le := binary.LittleEndian
+func ParseResponseStub(stub []byte, enc Encoding) (blob []byte, hresult uint32, err error) {
+	bo := enc.Order()
 	w := 4
-	if ndr64 {
+	if enc.NDR64 {
 		w = 8
 	}
 	word := func(off int) uint64 {
-		if ndr64 {
-			return le.Uint64(stub[off:])
+		if enc.NDR64 {
+			return bo.Uint64(stub[off:])
 		}
-		return uint64(le.Uint32(stub[off:]))
+		return uint64(bo.Uint32(stub[off:]))
 	}
 	if len(stub) < 2*w+4 {
 		return nil, 0, derr("stub", len(stub), ErrStub)
@@ -89,7 +109,7 @@ func ParseResponseStub(stub []byte, ndr64 bool) (blob []byte, hresult uint32, er
 		blob = stub[off : off+int(size)]
 		off += int(size)
 	}
-	hr, ok := stubTail(stub, off)
+	hr, ok := stubTail(stub, off, bo)
 	if !ok {
 		return nil, 0, derr("hresult", off, ErrStub)
 	}
@@ -99,7 +119,7 @@ func ParseResponseStub(stub []byte, ndr64 bool) (blob []byte, hresult uint32, er
 // stubTail finds the HRESULT in the 4–7 bytes after off. The NDR-aligned
 // position is preferred; any other position is accepted when every byte
 // around it is zero.
-func stubTail(stub []byte, off int) (uint32, bool) {
+func stubTail(stub []byte, off int, bo binary.ByteOrder) (uint32, bool) {
 	tail := stub[off:]
 	if len(tail) < 4 || len(tail) > 7 {
 		return 0, false
@@ -114,7 +134,7 @@ func stubTail(stub []byte, off int) (uint32, bool) {
 				return 0, false
 			}
 		}
-		return binary.LittleEndian.Uint32(tail[at:]), true
+		return bo.Uint32(tail[at:]), true
 	}
 	if hr, ok := try(aligned); ok {
 		return hr, true

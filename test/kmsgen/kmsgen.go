@@ -117,15 +117,28 @@ func SealRequest(plain []byte, version uint32, iv [16]byte) []byte {
 }
 
 // RequestStub wraps a KMS request blob in the RequestActivation [in] NDR
-// stub: requestSize, max_count, bytes; NDR64 widens both to 8 bytes.
+// stub: requestSize, max_count, bytes; NDR64 widens max_count to 8 bytes.
 func RequestStub(blob []byte, ndr64 bool) []byte {
+	return RequestStubIn(blob, kms.Encoding{NDR64: ndr64})
+}
+
+// RequestStubIn is RequestStub in the byte order enc names, for
+// big-endian clients (the PDU's data representation must say the same).
+func RequestStubIn(blob []byte, enc kms.Encoding) []byte {
+	var bo binary.AppendByteOrder = binary.LittleEndian
+	if enc.BigEndian {
+		bo = binary.BigEndian
+	}
 	var out []byte
-	if ndr64 {
-		out = binary.LittleEndian.AppendUint64(out, uint64(len(blob)))
-		out = binary.LittleEndian.AppendUint64(out, uint64(len(blob)))
+	if enc.NDR64 {
+		// requestSize is a 32-bit int in NDR64 too; the 64-bit max_count
+		// is aligned to 8 after it.
+		out = bo.AppendUint32(out, uint32(len(blob)))
+		out = bo.AppendUint32(out, 0)
+		out = bo.AppendUint64(out, uint64(len(blob)))
 	} else {
-		out = binary.LittleEndian.AppendUint32(out, uint32(len(blob)))
-		out = binary.LittleEndian.AppendUint32(out, uint32(len(blob)))
+		out = bo.AppendUint32(out, uint32(len(blob)))
+		out = bo.AppendUint32(out, uint32(len(blob)))
 	}
 	return append(out, blob...)
 }
