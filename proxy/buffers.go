@@ -17,3 +17,24 @@ func getBuffer(size int) *[]byte {
 }
 
 func putBuffer(b *[]byte) { fragPool.Put(b) }
+
+// Call buffers hold the fragments of a multi-fragment request while it is
+// assembled. They come from a pool and go back the moment the call is
+// forwarded or dropped, so a quiet connection keeps none (a connection that
+// once assembled a 64 KiB call would otherwise keep 128 KiB).
+var callPool sync.Pool
+
+func getCallBuffer() *[]byte {
+	if b, ok := callPool.Get().(*[]byte); ok {
+		*b = (*b)[:0]
+		return b
+	}
+	b := make([]byte, 0, 4096)
+	return &b
+}
+
+func putCallBuffer(b *[]byte) {
+	if b != nil {
+		callPool.Put(b)
+	}
+}

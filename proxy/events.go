@@ -60,6 +60,16 @@ const (
 	ReasonShutdown              = "shutdown"
 	ReasonProxyHeader           = "proxy-header"
 	ReasonFDBudget              = "fd-budget"
+	// ReasonAuthTrailerMismatch: a PDU's auth trailer (or its absence)
+	// differs from what the association negotiated at bind — on an
+	// unauthenticated association any auth_length but 0.
+	ReasonAuthTrailerMismatch = "auth-trailer-mismatch"
+	// ReasonAuth3Unauthenticated: auth3 on an association that negotiated
+	// no authentication, which is never legitimate.
+	ReasonAuth3Unauthenticated = "auth3-without-auth"
+	// ReasonDataRepChanged: a PDU's integer or character representation
+	// differs from the bind's; the host would read its stub differently.
+	ReasonDataRepChanged = "data-representation-changed"
 )
 
 // ecsEncoderConfig names the fixed keys the way Elastic Common Schema does.

@@ -81,6 +81,7 @@ func (r *watchRig) session(src string) *session {
 		src:  netip.AddrPortFrom(netip.MustParseAddr(src), uint16(49152+r.conn)),
 		dst:  netip.MustParseAddrPort("192.0.2.1:1688"),
 		zone: "dmz",
+		drep: rpcparse.LittleEndianDataRep, // what a bind would have set
 	}
 	s.log = r.srv.log.With(connFields(s.id, s.src, s.dst, s.zone)...)
 	return s

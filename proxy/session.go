@@ -47,6 +47,9 @@ type call struct {
 	ndr64  bool
 	kms    *kmsCall // non-nil for KMS activation calls
 	respOK bool     // first response fragment seen
+	// The host's byte order for the answer, from its first fragment: the
+	// host marshals in its own representation, not the client's.
+	respBigEndian bool
 }
 
 // assembly holds the fragments of a multi-fragment request until its last
@@ -58,9 +61,68 @@ type assembly struct {
 	opnum   uint16
 	ctx     liveContext
 	rule    acl.Decision
-	raw     []byte // whole fragments as received, forwarded unchanged
-	stub    []byte // reassembled stub, for payload inspection
+	raw     *[]byte // whole fragments as received, forwarded unchanged (pooled; nil for one-fragment calls)
+	stub    *[]byte // reassembled stub, for payload inspection (pooled)
 	stubLen int
+}
+
+// held is how many bytes of fragments the assembly holds.
+func (a *assembly) held() int {
+	if a.raw == nil {
+		return 0
+	}
+	return len(*a.raw)
+}
+
+// NegotiatedAuth is the authentication an association's bind carried:
+// every later PDU must carry the same (DESIGN rule 4).
+type NegotiatedAuth struct {
+	Present bool // the bind had an auth trailer
+	Type    rpcparse.AuthType
+	Level   rpcparse.AuthLevel
+}
+
+// NegotiatedBy returns what a bind negotiated.
+func NegotiatedBy(bind *rpcparse.PDU) NegotiatedAuth {
+	if !bind.HasAuth {
+		return NegotiatedAuth{}
+	}
+	return NegotiatedAuth{Present: true, Type: bind.Auth.Type, Level: bind.Auth.Level}
+}
+
+// LaterPDUReason checks a client PDU after the bind against what the bind
+// set up, or returns "" (the live session and replay both call it).
+//
+// The data representation must stay the bind's, as Windows requires of an
+// association: the host reads every stub in it, so the proxy must too.
+// Unauthenticated: auth_length 0, so nothing follows the stub (an NTLM
+// verifier, a trailer of type none or an auth_pad hiding another PDU
+// would otherwise reach the host unread), and auth3 is never legitimate.
+// Authenticated: the same type and level; auth3 must carry a trailer, and
+// only at level connect may the others omit it.
+func LaterPDUReason(bindRep rpcparse.DataRep, n NegotiatedAuth, p *rpcparse.PDU) string {
+	if p.DataRep[0] != bindRep[0] || p.DataRep[1] != bindRep[1] {
+		return ReasonDataRepChanged
+	}
+	if !n.Present {
+		if p.AuthLength != 0 {
+			return ReasonAuthTrailerMismatch
+		}
+		if p.Type == rpcparse.PTypeAuth3 {
+			return ReasonAuth3Unauthenticated
+		}
+		return ""
+	}
+	if !p.HasAuth {
+		if p.Type == rpcparse.PTypeAuth3 || n.Level > rpcparse.AuthLevelConnect {
+			return ReasonAuthTrailerMismatch
+		}
+		return ""
+	}
+	if p.Auth.Type != n.Type || p.Auth.Level != n.Level {
+		return ReasonAuthTrailerMismatch
+	}
+	return ""
 }
 
 type session struct {
@@ -106,6 +168,7 @@ type session struct {
 	maxFrg     int
 
 	auth      rpcparse.AuthClass
+	negAuth   NegotiatedAuth
 	pending   []pendingItem
 	pendType  rpcparse.PType
 	pendCall  uint32
@@ -175,7 +238,10 @@ func (s *session) serve() (parked bool) {
 			s.clientReadError(err)
 			return false
 		}
-		s.lastActive = time.Now()
+		worked := doesWork(frag)
+		if worked {
+			s.lastActive = time.Now()
+		}
 		s.clientPDUs.Add(1)
 		// Decide under the policy in force when the PDU arrived, not when
 		// the read began: a reload must reach the very next PDU.
@@ -194,8 +260,19 @@ func (s *session) serve() (parked bool) {
 		if !s.handleClientPDU(rt, p, frag) {
 			return false
 		}
-		s.lastActive = time.Now()
+		if worked {
+			s.lastActive = time.Now()
+		}
 	}
+}
+
+// doesWork reports whether a client PDU asks for work. co_cancel and
+// orphaned do not: they must not reset the idle clock, or a client that
+// sends one every few seconds would hold its association (and its host
+// connection) open forever.
+func doesWork(frag []byte) bool {
+	t := rpcparse.PType(frag[2])
+	return t != rpcparse.PTypeCoCancel && t != rpcparse.PTypeOrphaned
 }
 
 func isTimeout(err error) bool {
@@ -246,6 +323,7 @@ func (s *session) detachBuffers() bool {
 		s.hostBuf = nil
 	}
 	s.clientPDU, s.hostPDU, s.log = nil, nil, nil
+	s.respStub = nil
 	return true
 }
 
@@ -313,14 +391,19 @@ func (s *session) handleClientPDU(rt *Runtime, p *rpcparse.PDU, frag []byte) boo
 		s.violation("client", ReasonFirstPDUNotBind, nil, p)
 		return false
 	}
-	switch p.Type {
-	case rpcparse.PTypeBind:
+	if p.Type == rpcparse.PTypeBind {
 		if s.bound {
 			s.violation("client", ReasonSecondBind, nil, p)
 			return false
 		}
 		s.drep = p.DataRep
 		return s.handleBind(rt, p, frag)
+	}
+	if reason := LaterPDUReason(s.drep, s.negAuth, p); reason != "" {
+		s.violation("client", reason, nil, p)
+		return false
+	}
+	switch p.Type {
 	case rpcparse.PTypeAlterContext:
 		return s.handleBind(rt, p, frag)
 	case rpcparse.PTypeRequest:
@@ -350,6 +433,9 @@ func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 		return false
 	}
 	auth := rpcparse.ClassifyAuth(p)
+	if p.Type == rpcparse.PTypeBind {
+		s.negAuth = NegotiatedBy(p)
+	}
 	s.logBind(p, d, auth)
 	if s.upstream == nil {
 		if !s.connectUpstream(rt, p) {
@@ -370,6 +456,11 @@ func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
 }
 
 func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
+	if s.asm.active {
+		// Nothing may come between the fragments of a call.
+		s.violation("client", ReasonCallInterleaved, nil, p)
+		return false
+	}
 	// auth3 carries NTLM's last leg, the only place a NULL session shows:
 	// the association's new auth class must be allowed for every interface
 	// bound or being bound, or the handshake ends here.
@@ -445,26 +536,28 @@ func (s *session) handleRequest(rt *Runtime, p *rpcparse.PDU, frag []byte) bool 
 			s.refuseRequest(rt, p, d)
 			return false
 		}
-		s.asm = assembly{active: true, callID: p.CallID, ctxID: r.ContextID, opnum: r.Opnum, ctx: ctx, rule: d,
-			raw: s.asm.raw[:0], stub: s.asm.stub[:0]}
+		s.asm = assembly{active: true, callID: p.CallID, ctxID: r.ContextID, opnum: r.Opnum, ctx: ctx, rule: d}
 	}
 	s.asm.stubLen += len(r.Stub)
 	// Bound the stub and, for floods of tiny fragments, the held bytes.
-	if s.asm.stubLen > lim.MaxCallBytes || len(s.asm.raw)+len(frag) > maxHeldCallBytes(lim.MaxCallBytes) {
+	if s.asm.stubLen > lim.MaxCallBytes || s.asm.held()+len(frag) > maxHeldCallBytes(lim.MaxCallBytes) {
 		s.refuseRequest(rt, p, acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonCallTooLarge})
 		return false
 	}
 	single := first && last
 	if !single {
-		s.asm.raw = append(s.asm.raw, frag...)
-		s.asm.stub = append(s.asm.stub, r.Stub...)
+		if s.asm.raw == nil {
+			s.asm.raw, s.asm.stub = getCallBuffer(), getCallBuffer()
+		}
+		*s.asm.raw = append(*s.asm.raw, frag...)
+		*s.asm.stub = append(*s.asm.stub, r.Stub...)
 	}
 	if !last {
 		return true
 	}
 	stub := r.Stub
 	if !single {
-		stub = s.asm.stub
+		stub = *s.asm.stub
 	}
 	c := call{id: p.CallID, ctxID: s.asm.ctxID, opnum: s.asm.opnum, ndr64: s.asm.ctx.ndr64}
 	if !s.inspectCall(rt, p, &c, stub) {
@@ -473,18 +566,19 @@ func (s *session) handleRequest(rt *Runtime, p *rpcparse.PDU, frag []byte) bool 
 	s.calls = append(s.calls, c)
 	out := frag
 	if !single {
-		out = s.asm.raw
+		out = *s.asm.raw
 	}
+	ok := s.forward(out) // before the buffers go back to the pool
 	s.dropAssembly()
-	return s.forward(out) && s.awaitHost()
+	return ok && s.awaitHost()
 }
 
+// dropAssembly ends the call being assembled and gives its buffers back:
+// a connection keeps no call bytes between calls.
 func (s *session) dropAssembly() {
-	s.asm = assembly{raw: s.asm.raw[:0], stub: s.asm.stub[:0]}
-	// Give back big buffers a hostile client made us grow.
-	if cap(s.asm.raw) > 1<<16 {
-		s.asm.raw, s.asm.stub = nil, nil
-	}
+	putCallBuffer(s.asm.raw)
+	putCallBuffer(s.asm.stub)
+	s.asm = assembly{}
 }
 
 func (s *session) clearPending() {
@@ -889,6 +983,7 @@ func (s *session) checkHostPDU(p *rpcparse.PDU, respStub *[]byte) string {
 		if c.kms != nil && p.Type == rpcparse.PTypeResponse {
 			if p.Flags&rpcparse.FlagFirstFrag != 0 {
 				*respStub = (*respStub)[:0]
+				c.respBigEndian = p.DataRep.BigEndian()
 			}
 			if len(*respStub)+len(p.Response.Stub) <= s.runtime().Config.Limits.MaxCallBytes {
 				*respStub = append(*respStub, p.Response.Stub...)
@@ -979,6 +1074,7 @@ func (s *session) finish() {
 		putBuffer(s.clientBuf)
 		s.clientBuf = nil
 	}
+	s.dropAssembly()
 	pending := s.calls
 	s.calls = nil
 	for i := range pending {

@@ -44,6 +44,18 @@ func (t AuthType) String() string {
 // AuthLevel is the sec_trailer auth_level (MS-RPCE 2.2.1.1.8).
 type AuthLevel uint8
 
+// Auth levels (MS-RPCE 2.2.1.1.8). Above connect every PDU of an
+// authenticated association carries a verifier.
+const (
+	AuthLevelDefault   AuthLevel = 0
+	AuthLevelNone      AuthLevel = 1
+	AuthLevelConnect   AuthLevel = 2
+	AuthLevelCall      AuthLevel = 3
+	AuthLevelPkt       AuthLevel = 4
+	AuthLevelIntegrity AuthLevel = 5
+	AuthLevelPrivacy   AuthLevel = 6
+)
+
 var authLevelNames = [...]string{"default", "none", "connect", "call", "pkt", "pkt_integrity", "pkt_privacy"}
 
 func (l AuthLevel) String() string {

@@ -205,6 +205,8 @@ type call struct {
 	ndr64    bool
 	kms      *kms.Request // decoded activation request, for the reply
 	respStub []byte
+	// respBigEndian is the host's byte order, from its first fragment.
+	respBigEndian bool
 }
 
 type assembly struct {
@@ -225,6 +227,8 @@ type stream struct {
 	started   bool
 	closed    bool
 	bound     bool
+	drep      rpcparse.DataRep
+	negAuth   proxy.NegotiatedAuth
 	auth      rpcparse.AuthClass
 	pending   []liveContext // offered, not yet answered (ndr64 unknown)
 	pendType  rpcparse.PType
@@ -370,12 +374,19 @@ func (e *engine) client(st *stream, i int, r *capture.Record, p *rpcparse.PDU, d
 			return nil
 		}
 	}
+	if st.bound && p.Type != rpcparse.PTypeBind {
+		if reason := proxy.LaterPDUReason(st.drep, st.negAuth, p); reason != "" {
+			d.violation(StageSequence, reason, nil)
+			return nil
+		}
+	}
 	switch p.Type {
 	case rpcparse.PTypeBind:
 		if st.bound {
 			d.violation(StageSequence, proxy.ReasonSecondBind, nil)
 			return nil
 		}
+		st.drep, st.negAuth = p.DataRep, proxy.NegotiatedBy(p)
 		e.bind(st, p, d)
 	case rpcparse.PTypeAlterContext:
 		e.bind(st, p, d)
@@ -397,6 +408,10 @@ func (e *engine) client(st *stream, i int, r *capture.Record, p *rpcparse.PDU, d
 // auth3 completes the handshake: its auth class (an NTLM NULL session
 // shows only here) must be allowed for every context bound or pending.
 func (e *engine) auth3(st *stream, p *rpcparse.PDU, d *Decision) {
+	if st.asm.active {
+		d.violation(StageSequence, proxy.ReasonCallInterleaved, nil)
+		return
+	}
 	class := rpcparse.ClassifyAuth(p)
 	ifaces := make([]rpcparse.SyntaxID, 0, len(st.live)+len(st.pending))
 	for _, c := range st.live {
@@ -577,7 +592,7 @@ func (e *engine) request(st *stream, p *rpcparse.PDU, d *Decision) {
 func (e *engine) kms(st *stream, p *rpcparse.PDU, d *Decision, c *call) acl.Decision {
 	req := new(kms.Request)
 	facts := acl.KMSFacts{}
-	blob, err := kms.ParseRequestStub(st.asm.stub, c.ndr64)
+	blob, err := kms.ParseRequestStub(st.asm.stub, kms.Encoding{NDR64: c.ndr64, BigEndian: st.drep.BigEndian()})
 	if err == nil {
 		err = kms.DecodeRequest(blob, req)
 	}
@@ -693,6 +708,9 @@ func (e *engine) host(st *stream, r *capture.Record, p *rpcparse.PDU, d *Decisio
 		if p.Type == rpcparse.PTypeFault {
 			d.Status = faultStatus(p)
 		} else if c.kms != nil && len(c.respStub)+len(p.Response.Stub) <= e.lim.MaxCallBytes {
+			if p.Flags&rpcparse.FlagFirstFrag != 0 {
+				c.respBigEndian = p.DataRep.BigEndian()
+			}
 			c.respStub = append(c.respStub, p.Response.Stub...)
 		}
 		if p.Type == rpcparse.PTypeFault || p.Flags&rpcparse.FlagLastFrag != 0 {
@@ -709,7 +727,7 @@ func faultStatus(p *rpcparse.PDU) string {
 }
 
 func kmsReply(c *call) *KMS {
-	blob, hr, err := kms.ParseResponseStub(c.respStub, c.ndr64)
+	blob, hr, err := kms.ParseResponseStub(c.respStub, kms.Encoding{NDR64: c.ndr64, BigEndian: c.respBigEndian})
 	if err != nil {
 		return &KMS{Error: kms.Reason(err)}
 	}
