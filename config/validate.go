@@ -264,7 +264,7 @@ func checkRules(ps *problems, cfg *Config) []acl.RuleSpec {
 			if allow {
 				ps.add(path+".interface", "required for allow rules (an alias such as kms, or a UUID)")
 			}
-		} else if syn, anyVer, err := parseInterface(r.Interface); err != nil {
+		} else if syn, anyVer, err := parseInterface(r.Interface, !allow); err != nil {
 			ps.add(path+".interface", "%v", err)
 		} else {
 			s.Interface, s.AnyVersion = &syn, anyVer
@@ -333,25 +333,43 @@ func checkKMS(ps *problems, path string, r *Rule, s *acl.RuleSpec) *acl.KMSSpec 
 	return k
 }
 
-// parseInterface reads "kms", "samr/1.0" or "12345778-1234-abcd-ef00-0123456789ac/1.0".
-// Without /major.minor every version of the interface matches.
-func parseInterface(s string) (syn rpcparse.SyntaxID, anyVersion bool, err error) {
+// parseInterface reads "kms", "kms/2.0", "12345778-1234-abcd-ef00-0123456789ac/1.0"
+// or "UUID/*". A named interface (alias, or the UUID of one) means the
+// version it is registered with (KMS is 1.0): a bind for another version
+// is a different interface to the host's dispatcher, and allowing it by
+// default would let a client reach code the admin never named. Another
+// version must be written out; every version is "/*", the explicit, rare
+// case. An unknown UUID has no registered version, so it must say which.
+// A deny rule without a version denies every version: refusing more is
+// the safe reading, and an upgrade must never narrow a deny.
+func parseInterface(s string, denyRule bool) (syn rpcparse.SyntaxID, anyVersion bool, err error) {
 	name, ver, hasVer := strings.Cut(strings.TrimSpace(s), "/")
-	if it, ok := rpcparse.InterfaceByName(name); ok {
-		syn.UUID = it.UUID
-	} else if u, uerr := rpcparse.ParseUUID(name); uerr == nil {
-		syn.UUID = u
-	} else {
-		return syn, false, fmt.Errorf("unknown interface %q: a known alias (kms, samr, lsarpc…) or a UUID", name)
+	it, known := rpcparse.InterfaceByName(name)
+	if !known {
+		u, uerr := rpcparse.ParseUUID(name)
+		if uerr != nil {
+			return syn, false, fmt.Errorf("unknown interface %q: a known alias (kms, samr, lsarpc…) or a UUID", name)
+		}
+		it, known = rpcparse.LookupInterface(u)
+		it.UUID = u
 	}
-	if !hasVer {
+	syn.UUID = it.UUID
+	switch {
+	case !hasVer && denyRule:
+		return syn, true, nil
+	case !hasVer && known:
+		syn.Major, syn.Minor = it.Major, it.Minor
+		return syn, false, nil
+	case !hasVer:
+		return syn, false, fmt.Errorf("interface %q has no registered version: write %s/major.minor (e.g. /1.0), or %s/* for every version", name, name, name)
+	case ver == "*":
 		return syn, true, nil
 	}
 	maj, min, ok := strings.Cut(ver, ".")
 	a, err1 := strconv.ParseUint(maj, 10, 16)
 	b, err2 := strconv.ParseUint(min, 10, 16)
 	if !ok || err1 != nil || err2 != nil {
-		return syn, false, fmt.Errorf("bad interface version %q: want major.minor, e.g. 1.0", ver)
+		return syn, false, fmt.Errorf("bad interface version %q: want major.minor (e.g. 1.0) or *", ver)
 	}
 	syn.Major, syn.Minor = uint16(a), uint16(b)
 	return syn, false, nil
