@@ -72,15 +72,17 @@ func FuzzDecodeRequest(f *testing.F) {
 func FuzzParseRequestStub(f *testing.F) {
 	stubs, ndr, _, _ := captureBlobs(f)
 	for i, s := range stubs {
-		f.Add(s, ndr[i])
+		f.Add(s, ndr[i], false)
+		f.Add(kmsgen.RequestStubIn(s[8:], kms.Encoding{BigEndian: true}), false, true)
 	}
-	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0}, false)
-	f.Fuzz(func(t *testing.T, stub []byte, ndr64 bool) {
-		blob, err := kms.ParseRequestStub(stub, kms.Encoding{NDR64: ndr64})
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0}, false, false)
+	f.Fuzz(func(t *testing.T, stub []byte, ndr64, bigEndian bool) {
+		enc := kms.Encoding{NDR64: ndr64, BigEndian: bigEndian}
+		blob, err := kms.ParseRequestStub(stub, enc)
 		if err != nil {
 			return
 		}
-		if again := kmsgen.RequestStub(blob, ndr64); !bytes.Equal(again, stub) {
+		if again := kmsgen.RequestStubIn(blob, enc); !bytes.Equal(again, stub) {
 			t.Fatalf("re-encoded stub differs:\n got %x\nwant %x", again, stub)
 		}
 	})
