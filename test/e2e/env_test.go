@@ -52,10 +52,12 @@ management: { listen: "127.0.0.1:0" }
 
 type env = fixture.Env
 
-// startEnv starts a fixture host in mode and a proxy with cfgText.
-func startEnv(t *testing.T, mode fixture.Mode, cfgText string) *env {
+// startEnv starts a fixture host in mode and a proxy with cfgText. Host
+// options (a widened invariant checker) need a comment saying why the
+// test's policy lets more than KMS through.
+func startEnv(t *testing.T, mode fixture.Mode, cfgText string, opts ...fixture.HostOption) *env {
 	t.Helper()
-	return fixture.StartEnv(t, mode, cfgText)
+	return fixture.StartEnv(t, mode, cfgText, opts...)
 }
 
 func startProxy(t *testing.T, host *fixture.Host, cfgText string) *env {

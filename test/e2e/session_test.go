@@ -8,6 +8,7 @@ import (
 
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
+	"github.com/kmsproxy/kmsproxy/test/hostcheck"
 )
 
 // A big-endian KMS bind is understood (not just refused): it is allowed.
@@ -250,7 +251,9 @@ func TestNTLMNullSessionInAuth3(t *testing.T) {
 		user      string
 		forwarded bool
 	}{{"", false}, {"alice", true}} {
-		e := startEnv(t, fixture.Replay, cfg)
+		// The policy allows NTLM on purpose: the host sees the NTLM bind
+		// (and alice's auth3), which a KMS-only checker would refuse.
+		e := startEnv(t, fixture.Replay, cfg, fixture.WithChecker(hostcheck.Options{AllowAuth: true}))
 		cl := e.Dial(srcDMZ)
 		neg := &rpcparse.AuthSpec{Type: rpcparse.AuthTypeNTLM, Level: 2, Credentials: ntlmNegotiate()}
 		cl.Send(bindPDU(le, rpcparse.PTypeBind, 2, neg, ctx(0, kmsIface)))
