@@ -3,6 +3,9 @@ package e2e
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
+	"github.com/kmsproxy/kmsproxy/test/hostcheck"
 )
 
 // scriptHost is a KMS host stand-in that answers each received PDU with
@@ -23,6 +27,7 @@ type scriptHost struct {
 	mu   sync.Mutex
 	got  [][]byte
 	conn []net.Conn
+	bad  []string // what package hostcheck refused, as for the fixture host
 	wg   sync.WaitGroup
 }
 
@@ -56,6 +61,10 @@ func startScriptHost(t *testing.T, script func(n int, p *rpcparse.PDU, frag []by
 		}
 		h.mu.Unlock()
 		h.wg.Wait()
+		// However the host misbehaves, what reaches it is KMS only.
+		if len(h.bad) > 0 {
+			t.Errorf("the script host received %d PDU(s) no allowed shape admits:\n\t%s", len(h.bad), strings.Join(h.bad, "\n\t"))
+		}
 	})
 	return h
 }
@@ -64,15 +73,25 @@ func (h *scriptHost) serve(c net.Conn) {
 	defer h.wg.Done()
 	defer c.Close()
 	fr := rpcparse.NewFramer(c, rpcparse.MaxFragmentLimit)
+	chk := hostcheck.NewConn(nil)
 	var p rpcparse.PDU
 	for n := 0; ; n++ {
 		c.SetReadDeadline(time.Now().Add(30 * time.Second))
 		frag, err := fr.Next()
 		if err != nil {
+			var pe *rpcparse.ParseError
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &pe) {
+				h.mu.Lock()
+				h.bad = append(h.bad, fmt.Sprintf("PDU %d: %v: %v", n, hostcheck.ErrUnframed, err))
+				h.mu.Unlock()
+			}
 			return
 		}
 		h.mu.Lock()
 		h.got = append(h.got, bytes.Clone(frag))
+		if err := chk.Check(frag); err != nil {
+			h.bad = append(h.bad, fmt.Sprintf("PDU %d (%x): %v", n, frag[:min(len(frag), 48)], err))
+		}
 		h.mu.Unlock()
 		if err := p.Parse(frag, 0); err != nil {
 			return

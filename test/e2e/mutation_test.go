@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"fmt"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -10,8 +9,8 @@ import (
 	"time"
 
 	"github.com/kmsproxy/kmsproxy/rpcparse"
-	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
+	"github.com/kmsproxy/kmsproxy/test/hostcheck"
 )
 
 // TestMutatedStreamsReachHostOnlyAsKMS sends thousands of mutated client
@@ -19,7 +18,9 @@ import (
 // hostile sequences; a fixed seed, so failures reproduce) through a real
 // proxy to the recording host and asserts the product's promise: whatever
 // a client sends, the host receives only well-formed KMS binds,
-// alter_contexts and opnum-0 calls whose payload decodes, without auth.
+// alter_contexts and opnum-0 calls whose payload decodes, without auth —
+// each host connection re-checked by package hostcheck, the same
+// independent checker the fixture host runs in every test.
 // It is a property test rather than a go-fuzz target because every input
 // is a real TCP connection.
 func TestMutatedStreamsReachHostOnlyAsKMS(t *testing.T) {
@@ -67,10 +68,15 @@ func TestMutatedStreamsReachHostOnlyAsKMS(t *testing.T) {
 		conn.Close()
 		time.Sleep(2 * time.Millisecond)
 		for i := before; i < e.Host.Connections(); i++ {
-			for _, pdu := range e.Host.ReceivedOn(i) {
+			chk := hostcheck.NewConn(nil)
+			for k, pdu := range e.Host.ReceivedOn(i) {
 				forwarded++
-				if msg := forbidden(pdu); msg != "" {
-					t.Fatalf("input %d (%x): %s", n, stream, msg)
+				err := hostcheck.ErrUnframed
+				if pdu != nil {
+					err = chk.Check(pdu)
+				}
+				if err != nil {
+					t.Fatalf("input %d (%x): host PDU %d (%x): %v", n, stream, k, pdu, err)
 				}
 			}
 		}
@@ -117,53 +123,4 @@ func mutate(rng *rand.Rand, seeds [][]byte) []byte {
 		}
 	}
 	return b
-}
-
-// forbidden says what is wrong with a PDU that reached the host, or "".
-func forbidden(pdu []byte) string {
-	if pdu == nil {
-		return "host received bytes that do not frame as a PDU (partial or bad header)"
-	}
-	var p rpcparse.PDU
-	if err := p.Parse(pdu, 5840); err != nil {
-		return fmt.Sprintf("host received an unparseable PDU %x: %v", pdu, err)
-	}
-	if p.HasAuth {
-		return fmt.Sprintf("host received a PDU with an auth trailer: %x", pdu)
-	}
-	switch p.Type {
-	case rpcparse.PTypeBind, rpcparse.PTypeAlterContext:
-		for it := p.Bind.Contexts(); it.Next(); {
-			c := it.Context()
-			if c.Abstract.UUID != rpcparse.KMSInterfaceUUID {
-				return fmt.Sprintf("host received a bind for %v", c.Abstract.UUID)
-			}
-			for i := 0; i < int(c.NumTransfer); i++ {
-				if c.TransferKind(i) == rpcparse.TransferUnknown {
-					return fmt.Sprintf("host received an unknown transfer syntax: %x", pdu)
-				}
-			}
-		}
-	case rpcparse.PTypeRequest:
-		if p.Request.Opnum != 0 || p.Request.HasObject {
-			return fmt.Sprintf("host received opnum %d (object %v)", p.Request.Opnum, p.Request.HasObject)
-		}
-		if p.Flags&(rpcparse.FlagFirstFrag|rpcparse.FlagLastFrag) == rpcparse.FlagFirstFrag|rpcparse.FlagLastFrag {
-			blob, err := kms.ParseRequestStub(p.Request.Stub, false)
-			if err != nil {
-				blob, err = kms.ParseRequestStub(p.Request.Stub, true)
-			}
-			var r kms.Request
-			if err == nil {
-				err = kms.DecodeRequest(blob, &r)
-			}
-			if err != nil {
-				return fmt.Sprintf("host received a KMS call that does not decode: %v", err)
-			}
-		}
-	case rpcparse.PTypeCoCancel, rpcparse.PTypeOrphaned:
-	default:
-		return fmt.Sprintf("host received a %v from the client side", p.Type)
-	}
-	return ""
 }
