@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 
@@ -36,40 +37,35 @@ const (
 	ActionPolicyAllowsNothing = "policy-allows-nothing"
 )
 
-// Reasons the proxy itself produces (acl and rpcparse have their own).
+// Reasons the proxy itself produces (acl and rpcparse have their own);
+// the association's are package assoc's, named here too for the session.
 const (
 	ReasonConnectionLimit       = "connection-limit"
 	ReasonSourceConnectionLimit = "source-connection-limit"
-	ReasonFirstPDUNotBind       = "first-pdu-not-bind"
-	ReasonSecondBind            = "second-bind"
-	ReasonWrongDirection        = "ptype-not-allowed-from-client"
-	ReasonHostWrongDirection    = "ptype-not-allowed-from-host"
-	ReasonContextNotLive        = "context-not-bound"
-	ReasonObjectUUID            = "object-uuid"
-	ReasonFragmentMismatch      = "fragment-mismatch"
-	ReasonCallInterleaved       = "call-interleaved"
-	ReasonCallTooLarge          = "call-too-large"
-	ReasonFirstFragMissing      = "first-fragment-missing"
-	ReasonUnexpectedResponse    = "unexpected-response"
-	ReasonResultCount           = "result-count-mismatch"
-	ReasonBindPending           = "bind-pending"
 	ReasonHandshakeTimeout      = "handshake-timeout"
 	ReasonIdleTimeout           = "idle-timeout"
 	ReasonUpstreamUnreachable   = "upstream-unreachable"
-	ReasonRateLimited           = "activation-rate-limit"
 	ReasonShutdown              = "shutdown"
 	ReasonProxyHeader           = "proxy-header"
 	ReasonFDBudget              = "fd-budget"
-	// ReasonAuthTrailerMismatch: a PDU's auth trailer (or its absence)
-	// differs from what the association negotiated at bind — on an
-	// unauthenticated association any auth_length but 0.
-	ReasonAuthTrailerMismatch = "auth-trailer-mismatch"
-	// ReasonAuth3Unauthenticated: auth3 on an association that negotiated
-	// no authentication, which is never legitimate.
-	ReasonAuth3Unauthenticated = "auth3-without-auth"
-	// ReasonDataRepChanged: a PDU's integer or character representation
-	// differs from the bind's; the host would read its stub differently.
-	ReasonDataRepChanged = "data-representation-changed"
+
+	ReasonFirstPDUNotBind      = assoc.ReasonFirstPDUNotBind
+	ReasonSecondBind           = assoc.ReasonSecondBind
+	ReasonWrongDirection       = assoc.ReasonWrongDirection
+	ReasonHostWrongDirection   = assoc.ReasonHostWrongDirection
+	ReasonContextNotLive       = assoc.ReasonContextNotLive
+	ReasonObjectUUID           = assoc.ReasonObjectUUID
+	ReasonFragmentMismatch     = assoc.ReasonFragmentMismatch
+	ReasonCallInterleaved      = assoc.ReasonCallInterleaved
+	ReasonCallTooLarge         = assoc.ReasonCallTooLarge
+	ReasonFirstFragMissing     = assoc.ReasonFirstFragMissing
+	ReasonUnexpectedResponse   = assoc.ReasonUnexpectedResponse
+	ReasonResultCount          = assoc.ReasonResultCount
+	ReasonBindPending          = assoc.ReasonBindPending
+	ReasonRateLimited          = assoc.ReasonRateLimited
+	ReasonAuthTrailerMismatch  = assoc.ReasonAuthTrailerMismatch
+	ReasonAuth3Unauthenticated = assoc.ReasonAuth3Unauthenticated
+	ReasonDataRepChanged       = assoc.ReasonDataRepChanged
 )
 
 // ecsEncoderConfig names the fixed keys the way Elastic Common Schema does.

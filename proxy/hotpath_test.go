@@ -1,17 +1,16 @@
 package proxy
 
 import (
-	"bufio"
-	"encoding/hex"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
+	"github.com/kmsproxy/kmsproxy/test/captures"
 )
 
 // replayReader hands out the same bytes forever without allocating.
@@ -42,78 +41,87 @@ rules:
 	return cfg.Policy
 }
 
-// hotPath is what the proxy does per client PDU before forwarding: frame,
-// parse, classify, decide.
-func hotPath(fr *rpcparse.Framer, p *rpcparse.PDU, pol *acl.Policy, src netip.Addr, iface rpcparse.SyntaxID) acl.Decision {
-	frag, err := fr.Next()
-	if err != nil {
-		panic(err)
-	}
-	if err := p.Parse(frag, 5840); err != nil {
-		panic(err)
-	}
-	if p.Type == rpcparse.PTypeRequest {
-		return pol.DecideRequest(src, iface, rpcparse.ClassifyAuth(p), p.Request.Opnum)
-	}
-	return pol.DecideBind(src, p)
+// hotRig is what the session runs per client PDU before it forwards: the
+// framer, the parse and the association's step — the real one, not a copy.
+type hotRig struct {
+	fr   *rpcparse.Framer
+	p    rpcparse.PDU
+	host rpcparse.PDU
+	a    *assoc.Assoc
+	env  assoc.Env
+	c    captures.Capture
 }
 
-func benchHotPath(b *testing.B, pduIndex int) {
-	c := loadC2S(b, "win10-v6")
-	pol := hotPolicy(b)
-	fr := rpcparse.NewFramer(&replayReader{b: c[pduIndex]}, 5840)
-	var p rpcparse.PDU
-	src := netip.MustParseAddr("127.0.0.2")
-	kms := rpcparse.SyntaxID{UUID: rpcparse.KMSInterfaceUUID, Major: 1}
-	b.SetBytes(int64(len(c[pduIndex])))
-	b.ReportAllocs()
-	for b.Loop() {
-		if d := hotPath(fr, &p, pol, src, kms); d.Verdict != acl.Allow {
-			b.Fatal(d)
-		}
-	}
-}
-
-// The Windows bind (3 contexts): frame + parse + decide.
-func BenchmarkHotPathBind(b *testing.B) { benchHotPath(b, 0) }
-
-// The V6 activation request: frame + parse + decide (payload decode is
-// measured in rpcparse/kms).
-func BenchmarkHotPathRequest(b *testing.B) { benchHotPath(b, 2) }
-
-func TestHotPathAllocatesNothing(t *testing.T) {
-	c := loadC2S(t, "win10-v6")
-	pol := hotPolicy(t)
-	src := netip.MustParseAddr("127.0.0.2")
-	kms := rpcparse.SyntaxID{UUID: rpcparse.KMSInterfaceUUID, Major: 1}
-	for _, i := range []int{0, 1, 2} {
-		fr := rpcparse.NewFramer(&replayReader{b: c[i]}, 5840)
-		var p rpcparse.PDU
-		hotPath(fr, &p, pol, src, kms) // first call allocates the framer buffer
-		if n := testing.AllocsPerRun(200, func() { hotPath(fr, &p, pol, src, kms) }); n != 0 {
-			t.Errorf("PDU %d: %v allocations per frame+parse+decide, want 0", i, n)
-		}
-	}
-}
-
-// loadC2S reads the client PDUs of a capture in testdata/kms (one hex PDU per line).
-func loadC2S(tb testing.TB, name string) [][]byte {
-	tb.Helper()
-	f, err := os.Open(filepath.Join("..", "testdata", "kms", name+".c2s.hex"))
+func newHotRig(tb testing.TB, pduIndex int) *hotRig {
+	c, err := captures.Load("win10-v6")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer f.Close()
-	var out [][]byte
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if line := strings.TrimSpace(sc.Text()); line != "" {
-			b, err := hex.DecodeString(line)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			out = append(out, b)
+	r := &hotRig{c: c, a: assoc.New(callBuffers{}),
+		env: assoc.Env{Policy: hotPolicy(tb), MaxCallBytes: 65536, MaxContexts: 8, Src: netip.MustParseAddr("127.0.0.2")}}
+	r.fr = rpcparse.NewFramer(&replayReader{b: c.C2S[pduIndex]}, 5840)
+	return r
+}
+
+// step frames, parses and steps one client PDU; for a request the host's
+// answer is stepped too, so the association is between calls again.
+func (r *hotRig) step(tb testing.TB, pduIndex int) {
+	frag, err := r.fr.Next()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := r.p.Parse(frag, 5840); err != nil {
+		tb.Fatal(err)
+	}
+	if pduIndex == 0 {
+		r.a.Reset() // a bind starts an association
+	}
+	if st := r.a.Client(&r.env, &r.p, frag); st.Verdict != assoc.Forward {
+		tb.Fatalf("PDU %d: %v %s", pduIndex, st.Verdict, st.Reason)
+	}
+	if pduIndex > 0 {
+		r.host.Parse(r.c.S2C[pduIndex], 0)
+		if st := r.a.Host(&r.env, &r.host); st.Verdict != assoc.Relay {
+			tb.Fatalf("host answer %d: %v %s", pduIndex, st.Verdict, st.Reason)
 		}
 	}
-	return out
+}
+
+// prepare brings the association to where PDU pduIndex is next.
+func (r *hotRig) prepare(tb testing.TB, pduIndex int) {
+	for i := 0; i < pduIndex; i++ {
+		var p rpcparse.PDU
+		p.Parse(r.c.C2S[i], 0)
+		r.a.Client(&r.env, &p, r.c.C2S[i])
+		p.Parse(r.c.S2C[i], 0)
+		r.a.Host(&r.env, &p)
+	}
+}
+
+func benchHotPath(b *testing.B, pduIndex int) {
+	r := newHotRig(b, pduIndex)
+	r.prepare(b, pduIndex)
+	b.SetBytes(int64(len(r.c.C2S[pduIndex])))
+	b.ReportAllocs()
+	for b.Loop() {
+		r.step(b, pduIndex)
+	}
+}
+
+// The Windows bind (3 contexts): frame + parse + association step.
+func BenchmarkHotPathBind(b *testing.B) { benchHotPath(b, 0) }
+
+// The V6 activation request: frame + parse + association step, which
+// decodes and polices the KMS payload, and the host's answer.
+func BenchmarkHotPathRequest(b *testing.B) { benchHotPath(b, 2) }
+
+func TestHotPathAllocatesNothing(t *testing.T) {
+	for _, i := range []int{0, 2} {
+		r := newHotRig(t, i)
+		r.prepare(t, i)
+		r.step(t, i) // the first call allocates the framer buffer
+		if n := testing.AllocsPerRun(200, func() { r.step(t, i) }); n != 0 {
+			t.Errorf("PDU %d: %v allocations per frame+parse+step, want 0", i, n)
+		}
+	}
 }

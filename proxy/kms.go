@@ -9,91 +9,43 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 )
 
-// kmsCall is what the proxy remembers of one activation call until the
-// host's reply arrives, so one kms-activation event carries both halves.
+// kmsCall is what an activation event says of one call: the decoded
+// request (or why it did not decode) and the rule that allowed the call.
 type kmsCall struct {
-	req       kms.Request
+	req       *kms.Request
 	decodeErr error
 	rule      string
-	start     time.Time
 }
 
-// isKMSActivation reports whether a call on ctx with opnum is
-// RequestActivation on the KMS interface.
-func isKMSActivation(ctx liveContext, opnum uint16) bool {
-	return ctx.iface.UUID == rpcparse.KMSInterfaceUUID && opnum == 0
-}
-
-// inspectCall runs payload checks on a complete call before it is
-// forwarded: KMS activation requests are decoded and policed against the
-// allowing rule's kms: block and the per-source activation rate.
-func (s *session) inspectCall(rt *Runtime, p *rpcparse.PDU, c *call, stub []byte) bool {
-	if !isKMSActivation(s.asm.ctx, c.opnum) {
-		return true
-	}
-	lim := rt.Config.Limits
-	if !s.srv.rate.allow(s.src.Addr(), lim.ActivationsPerMinutePerSource, time.Now()) {
-		d := acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonRateLimited}
-		s.refusalEvent(ActionRateLimited, d, p, appendRequestFields(nil, s, p)...)
-		s.setReason(ReasonRateLimited)
-		if s.onDenyReject() {
-			s.writeClient(rpcparse.AppendFault(nil, p.DataRep, p.CallID, p.Request.ContextID, rpcparse.StatusServerTooBusy, true))
-		}
-		return false
-	}
-	kc := &kmsCall{rule: s.asm.rule.Rule, start: time.Now()}
-	facts := acl.KMSFacts{}
-	blob, err := kms.ParseRequestStub(stub, kms.Encoding{NDR64: c.ndr64, BigEndian: s.drep.BigEndian()})
-	if err == nil {
-		err = kms.DecodeRequest(blob, &kc.req)
-	}
-	if err != nil {
-		kc.decodeErr = err
-		facts.Malformed = true
-		facts.Version = kc.req.MajorVersion
-	} else {
-		facts.Version = kc.req.MajorVersion
-		facts.Application = kc.req.ApplicationID
-	}
-	d := rt.Policy.DecideKMS(s.asm.rule.RuleIndex, facts)
-	s.shadowKMS(rt, p, facts, d)
-	if d.Verdict != acl.Allow {
-		extra := appendKMSRequestFields(nil, kc)
-		s.refuseRequest(rt, p, d, extra...)
-		s.srv.metrics.KMSActivations.WithLabelValues(applicationLabel(kc), versionLabel(kc), "refused").Inc()
-		return false
-	}
-	if err == nil {
-		s.srv.watch.observe(s, rt, kc)
-	}
-	c.kms = kc
-	return true
+func kmsCallOf(c *assoc.Call) *kmsCall {
+	return &kmsCall{req: &c.KMS.Req, decodeErr: c.KMS.DecodeErr, rule: c.Rule.Rule}
 }
 
 // finishKMSCall emits the kms-activation event for a call, merging the
-// host's reply when there is one (p nil: the connection ended first).
-func (s *session) finishKMSCall(c *call, p *rpcparse.PDU, stub []byte) {
-	kc := c.kms
+// host's reply when there is one (answered false: the connection ended
+// first).
+func (s *session) finishKMSCall(c *assoc.Call, answered bool) {
+	kc := kmsCallOf(c)
 	f := eventFields(ActionKMSActivation, "unknown", "")
-	f = append(f, zap.String("rule.name", kc.rule), zap.Uint32("dcerpc.call_id", c.id),
-		zap.Uint16("dcerpc.opnum", c.opnum), zap.Uint16("dcerpc.context_id", c.ctxID),
+	f = append(f, zap.String("rule.name", kc.rule), zap.Uint32("dcerpc.call_id", c.ID),
+		zap.Uint16("dcerpc.opnum", c.Opnum), zap.Uint16("dcerpc.context_id", c.CtxID),
 		zap.String("dcerpc.interface.name", "kms"), zap.String("dcerpc.interface.uuid", kmsUUIDText))
 	f = appendKMSRequestFields(f, kc)
 	result := "no-reply"
 	switch {
-	case p == nil:
-	case p.Type == rpcparse.PTypeFault:
+	case !answered:
+	case c.KMS.Fault:
 		result = "fault"
-		f = append(f, zap.String("kms.status", "0x"+strconv.FormatUint(uint64(p.Fault.Status), 16)))
+		f = append(f, zap.String("kms.status", "0x"+strconv.FormatUint(uint64(c.KMS.FaultStatus), 16)))
 	default:
 		var hr uint32
 		var ok bool
-		f, hr, ok = s.appendKMSResponse(f, c, kc, stub)
+		f, hr, ok = appendKMSResponse(f, c, kc)
 		switch {
 		case !ok:
 			result = "malformed-reply"
@@ -114,9 +66,9 @@ func (s *session) finishKMSCall(c *call, p *rpcparse.PDU, stub []byte) {
 }
 
 // appendKMSResponse adds the reply's kms.* fields to f and reports its
-// HRESULT and whether the reply stub decoded.
-func (s *session) appendKMSResponse(f []zap.Field, c *call, kc *kmsCall, stub []byte) ([]zap.Field, uint32, bool) {
-	blob, hr, err := kms.ParseResponseStub(stub, kms.Encoding{NDR64: c.ndr64, BigEndian: c.respBigEndian})
+// HRESULT and whether the reply stub decoded (in the host's byte order).
+func appendKMSResponse(f []zap.Field, c *assoc.Call, kc *kmsCall) ([]zap.Field, uint32, bool) {
+	blob, hr, err := kms.ParseResponseStub(c.KMS.RespStub, kms.Encoding{NDR64: c.NDR64, BigEndian: c.KMS.RespBigEndian})
 	if err != nil {
 		return append(f, zap.String("kmsproxy.kms_reply_error", err.Error())), 0, false
 	}
@@ -124,7 +76,7 @@ func (s *session) appendKMSResponse(f []zap.Field, c *call, kc *kmsCall, stub []
 	if hr != 0 || kc.decodeErr != nil {
 		return f, hr, true
 	}
-	return appendKMSResponseFields(f, blob, &kc.req), hr, true
+	return appendKMSResponseFields(f, blob, kc.req), hr, true
 }
 
 var kmsUUIDText = rpcparse.KMSInterfaceUUID.String()
@@ -179,7 +131,7 @@ func appendKMSRequestFields(f []zap.Field, kc *kmsCall) []zap.Field {
 			zap.String("error.message", kc.decodeErr.Error()),
 		)
 	}
-	r := &kc.req
+	r := kc.req
 	return append(f,
 		zap.Uint16("kms.version", r.MajorVersion),
 		zap.String("kms.application", nameOr(kms.ApplicationName(r.ApplicationID), r.ApplicationID)),
@@ -229,7 +181,7 @@ func newKMSWatch() *kmsWatch {
 func (w *kmsWatch) observe(s *session, rt *Runtime, kc *kmsCall) {
 	cfg := rt.Config.KMSWatch
 	now := time.Now()
-	r := &kc.req
+	r := kc.req
 	if skew := now.Sub(r.Time()); cfg.MaxClockSkew > 0 && (skew > cfg.MaxClockSkew || -skew > cfg.MaxClockSkew) {
 		f := eventFields(ActionKMSClockSkew, "unknown", "clock-skew")
 		f = append(f, zap.String("rule.name", kc.rule), zap.Duration("kms.clock_skew", skew),

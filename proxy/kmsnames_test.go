@@ -7,6 +7,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 	"github.com/kmsproxy/kmsproxy/test/kmsgen"
@@ -37,7 +39,7 @@ func TestKMSUnknownIDsRenderedAsGUID(t *testing.T) {
 	unknown := known
 	unknown.ApplicationID, unknown.SKUID, unknown.KMSCountedID = unknownApp, unknownSKU, unknownCounted
 
-	kf := fieldMap(appendKMSRequestFields(nil, &kmsCall{req: known}))
+	kf := fieldMap(appendKMSRequestFields(nil, &kmsCall{req: &known}))
 	for k, want := range map[string]string{
 		"kms.application":      "windows",
 		"kms.application_id":   kmsgen.DefaultApplication.String(),
@@ -54,7 +56,7 @@ func TestKMSUnknownIDsRenderedAsGUID(t *testing.T) {
 		t.Error("known KMS counted ID has no name")
 	}
 
-	uf := fieldMap(appendKMSRequestFields(nil, &kmsCall{req: unknown}))
+	uf := fieldMap(appendKMSRequestFields(nil, &kmsCall{req: &unknown}))
 	for k, id := range map[string]rpcparse.UUID{
 		"kms.application":    unknownApp,
 		"kms.application_id": unknownApp,
@@ -80,10 +82,10 @@ func TestKMSUnknownIDsRenderedAsGUID(t *testing.T) {
 	}
 
 	// The metric label is a bounded token, never the GUID.
-	if l := applicationLabel(&kmsCall{req: unknown}); l != "other" {
+	if l := applicationLabel(&kmsCall{req: &unknown}); l != "other" {
 		t.Errorf("application label for an unknown application = %q, want other", l)
 	}
-	if l := applicationLabel(&kmsCall{req: known}); l != "windows" {
+	if l := applicationLabel(&kmsCall{req: &known}); l != "windows" {
 		t.Errorf("application label for Windows = %q", l)
 	}
 }
@@ -95,8 +97,8 @@ func TestKMSActivationEventUnknownApplication(t *testing.T) {
 	req.ApplicationID = rpcparse.MustUUID("a1b2c3d4-e5f6-4a0b-8c1d-2e3f4a5b6c7d")
 	req.SKUID = rpcparse.MustUUID("11223344-5566-4778-899a-abbccddeeff0")
 	s := r.session(watchSrcA)
-	c := &call{id: 2, kms: &kmsCall{req: req, rule: "kms-activation"}}
-	s.finishKMSCall(c, nil, nil) // the connection ended before the reply
+	c := &assoc.Call{ID: 2, Rule: acl.Decision{Rule: "kms-activation"}, KMS: &assoc.KMSCall{Req: req}}
+	s.finishKMSCall(c, false) // the connection ended before the reply
 	evs := r.events(ActionKMSActivation)
 	if len(evs) != 1 {
 		t.Fatalf("%d kms-activation events", len(evs))

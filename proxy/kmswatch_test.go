@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
@@ -81,7 +81,7 @@ func (r *watchRig) session(src string) *session {
 		src:  netip.AddrPortFrom(netip.MustParseAddr(src), uint16(49152+r.conn)),
 		dst:  netip.MustParseAddrPort("192.0.2.1:1688"),
 		zone: "dmz",
-		drep: rpcparse.LittleEndianDataRep, // what a bind would have set
+		a:    assoc.New(nil),
 	}
 	s.log = r.srv.log.With(connFields(s.id, s.src, s.dst, s.zone)...)
 	return s
@@ -100,7 +100,7 @@ func watchRequest(cmid rpcparse.UUID, workstation string) kms.Request {
 
 // observe runs the detectors on one activation from src.
 func (r *watchRig) observe(src string, req kms.Request) {
-	kc := &kmsCall{req: req, rule: "kms-activation", start: time.Now()}
+	kc := &kmsCall{req: &req, rule: "kms-activation"}
 	r.srv.watch.observe(r.session(src), r.rt, kc)
 }
 
@@ -367,33 +367,48 @@ func TestKMSWatchClockSkew(t *testing.T) {
 	r.expectDuplicates(0)
 }
 
-// Through inspectCall: a request that arrives as NDR stub bytes is decoded,
-// allowed and then observed; the workstation the detector compares is the
-// one from the wire.
-func TestKMSWatchThroughInspectCall(t *testing.T) {
+// Through the association: a request that arrives as NDR stub bytes is
+// decoded and allowed by assoc, then observed as the session does; the
+// workstation the detector compares is the one from the wire.
+func TestKMSWatchThroughAssociation(t *testing.T) {
 	r := newWatchRig(t, "{ duplicate_window: 1h, max_clock_skew: 4h, max_tracked: 100 }")
-	kmsIface := rpcparse.SyntaxID{UUID: rpcparse.KMSInterfaceUUID, Major: 1}
-	s := r.session(watchSrcA)
-	s.bound = true
-	s.asm.ctx = liveContext{id: 0, iface: kmsIface}
-	s.asm.rule = r.rt.Policy.DecideRequest(s.src.Addr(), kmsIface, rpcparse.AuthClassNone, 0)
-	if s.asm.rule.Verdict != acl.Allow {
-		t.Fatalf("test policy refuses the KMS request: %+v", s.asm.rule)
-	}
+	le := rpcparse.LittleEndianDataRep
+	env := &assoc.Env{Policy: r.rt.Policy, MaxCallBytes: 65536, Src: netip.MustParseAddr(watchSrcA)}
 	for i, ws := range []string{"dmz-ws01.corp.example", "dmz-ws01.corp.example", "dmz-ws02.corp.example"} {
+		s := r.session(watchSrcA)
+		a := assoc.New(nil)
+		var p rpcparse.PDU
+		step := func(b []byte, host bool) assoc.Step {
+			t.Helper()
+			if err := p.Parse(b, 0); err != nil {
+				t.Fatal(err)
+			}
+			if host {
+				return a.Host(env, &p)
+			}
+			return a.Client(env, &p, b)
+		}
+		bind := rpcparse.AppendBind(nil, rpcparse.PDUHead{Type: rpcparse.PTypeBind, Flags: 3, DataRep: le, CallID: 1},
+			rpcparse.BindSpec{MaxXmitFrag: 5840, MaxRecvFrag: 5840, Contexts: []rpcparse.ContextSpec{{
+				Abstract: rpcparse.SyntaxID{UUID: rpcparse.KMSInterfaceUUID, Major: 1}, Transfers: []rpcparse.SyntaxID{{UUID: rpcparse.NDR20UUID, Major: 2}}}}}, nil)
+		if st := step(bind, false); st.Verdict != assoc.Forward {
+			t.Fatalf("bind: %+v", st)
+		}
+		ack := rpcparse.AppendBindAck(nil, rpcparse.PDUHead{Type: rpcparse.PTypeBindAck, Flags: 3, DataRep: le, CallID: 1},
+			rpcparse.BindAckSpec{MaxXmitFrag: 5840, MaxRecvFrag: 5840, Results: []rpcparse.Result{{Result: rpcparse.ResultAcceptance, Transfer: rpcparse.SyntaxID{UUID: rpcparse.NDR20UUID, Major: 2}}}})
+		if st := step(ack, true); st.Verdict != assoc.Relay {
+			t.Fatalf("bind_ack: %+v", st)
+		}
 		req := watchRequest(cmidA, ws)
 		stub := kmsgen.RequestStub(kmsgen.EncodeRequest(&req, kmsgen.IV(byte(i))), false)
-		var p rpcparse.PDU
-		if err := p.Parse(kmsgen.RequestPDU(uint32(i+2), 0, stub), 0); err != nil {
-			t.Fatal(err)
+		st := step(kmsgen.RequestPDU(uint32(i+2), 0, stub), false)
+		if st.Verdict != assoc.Forward || st.Call == nil || st.Call.KMS == nil || st.Call.KMS.DecodeErr != nil {
+			t.Fatalf("activation %d: %+v", i, st)
 		}
-		c := &call{id: p.CallID, ctxID: 0, opnum: 0}
-		if !s.inspectCall(r.rt, &p, c, p.Request.Stub) {
-			t.Fatalf("activation %d refused: %v", i, r.logs.All())
+		if got := st.Call.KMS.Req.Workstation(); got != ws {
+			t.Fatalf("activation %d decoded workstation %q", i, got)
 		}
-		if c.kms == nil || c.kms.decodeErr != nil || c.kms.req.Workstation() != ws {
-			t.Fatalf("activation %d: call state %+v", i, c.kms)
-		}
+		r.srv.watch.observe(s, r.rt, kmsCallOf(st.Call))
 	}
 	ev := r.expectDuplicates(1)
 	if ev["kms.workstation"] != "dmz-ws02.corp.example" || ev["kmsproxy.previous.workstation"] != "dmz-ws01.corp.example" {

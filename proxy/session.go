@@ -13,117 +13,15 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 
-// maxLiveContexts bounds the presentation contexts one association may
-// accumulate over repeated alter_contexts.
-const maxLiveContexts = 64
+// callBuffers pools the association's call-assembly buffers.
+type callBuffers struct{}
 
-// maxHeldCallBytes bounds the whole fragments held for one call: the stub
-// limit plus a quarter for fragment headers, so a stream of empty
-// fragments cannot grow the buffer.
-func maxHeldCallBytes(maxCallBytes int) int { return maxCallBytes + maxCallBytes/4 + 4096 }
-
-// liveContext is a presentation context the host accepted.
-type liveContext struct {
-	id    uint16
-	iface rpcparse.SyntaxID
-	ndr64 bool
-}
-
-// pendingItem is a context offered in a bind or alter_context that the
-// host has not answered yet.
-type pendingItem struct {
-	id    uint16
-	iface rpcparse.SyntaxID
-}
-
-// call is a request forwarded to the host and not yet fully answered.
-type call struct {
-	id     uint32
-	ctxID  uint16
-	opnum  uint16
-	ndr64  bool
-	kms    *kmsCall // non-nil for KMS activation calls
-	respOK bool     // first response fragment seen
-	// The host's byte order for the answer, from its first fragment: the
-	// host marshals in its own representation, not the client's.
-	respBigEndian bool
-}
-
-// assembly holds the fragments of a multi-fragment request until its last
-// fragment passed every check (store and forward).
-type assembly struct {
-	active  bool
-	callID  uint32
-	ctxID   uint16
-	opnum   uint16
-	ctx     liveContext
-	rule    acl.Decision
-	raw     *[]byte // whole fragments as received, forwarded unchanged (pooled; nil for one-fragment calls)
-	stub    *[]byte // reassembled stub, for payload inspection (pooled)
-	stubLen int
-}
-
-// held is how many bytes of fragments the assembly holds.
-func (a *assembly) held() int {
-	if a.raw == nil {
-		return 0
-	}
-	return len(*a.raw)
-}
-
-// NegotiatedAuth is the authentication an association's bind carried:
-// every later PDU must carry the same (DESIGN rule 4).
-type NegotiatedAuth struct {
-	Present bool // the bind had an auth trailer
-	Type    rpcparse.AuthType
-	Level   rpcparse.AuthLevel
-}
-
-// NegotiatedBy returns what a bind negotiated.
-func NegotiatedBy(bind *rpcparse.PDU) NegotiatedAuth {
-	if !bind.HasAuth {
-		return NegotiatedAuth{}
-	}
-	return NegotiatedAuth{Present: true, Type: bind.Auth.Type, Level: bind.Auth.Level}
-}
-
-// LaterPDUReason checks a client PDU after the bind against what the bind
-// set up, or returns "" (the live session and replay both call it).
-//
-// The data representation must stay the bind's, as Windows requires of an
-// association: the host reads every stub in it, so the proxy must too.
-// Unauthenticated: auth_length 0, so nothing follows the stub (an NTLM
-// verifier, a trailer of type none or an auth_pad hiding another PDU
-// would otherwise reach the host unread), and auth3 is never legitimate.
-// Authenticated: the same type and level; auth3 must carry a trailer, and
-// only at level connect may the others omit it.
-func LaterPDUReason(bindRep rpcparse.DataRep, n NegotiatedAuth, p *rpcparse.PDU) string {
-	if p.DataRep[0] != bindRep[0] || p.DataRep[1] != bindRep[1] {
-		return ReasonDataRepChanged
-	}
-	if !n.Present {
-		if p.AuthLength != 0 {
-			return ReasonAuthTrailerMismatch
-		}
-		if p.Type == rpcparse.PTypeAuth3 {
-			return ReasonAuth3Unauthenticated
-		}
-		return ""
-	}
-	if !p.HasAuth {
-		if p.Type == rpcparse.PTypeAuth3 || n.Level > rpcparse.AuthLevelConnect {
-			return ReasonAuthTrailerMismatch
-		}
-		return ""
-	}
-	if p.Auth.Type != n.Type || p.Auth.Level != n.Level {
-		return ReasonAuthTrailerMismatch
-	}
-	return ""
-}
+func (callBuffers) Get() *[]byte  { return getCallBuffer() }
+func (callBuffers) Put(b *[]byte) { putCallBuffer(b) }
 
 type session struct {
 	srv    *Server
@@ -160,28 +58,39 @@ type session struct {
 	clientFr   *rpcparse.Framer
 	clientBuf  *[]byte // nil while parked
 	clientPDU  *rpcparse.PDU
-	lastActive time.Time // last client PDU or host answer, for the idle timeout
+	lastActive time.Time // last client PDU that did work or host answer, for the idle timeout
 	parkUntil  time.Time // when a parked session is woken regardless
-	bound      bool
-	drep       rpcparse.DataRep
-	asm        assembly
 	maxFrg     int
 
-	auth      rpcparse.AuthClass
-	negAuth   NegotiatedAuth
-	pending   []pendingItem
-	pendType  rpcparse.PType
-	pendCall  uint32
-	pendValid bool
-	live      []liveContext
-	calls     []call
+	// a is the association's protocol state (DESIGN rules 3–7): every
+	// client and host PDU goes through it, and act carries out its step.
+	a         *assoc.Assoc
+	env       assoc.Env
+	rateOK    func() bool // s.rateAllow, made once
+	callStart time.Time   // when the outstanding call was forwarded
 }
 
 func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, extra []zap.Field) *session {
-	return &session{
+	sess := &session{
 		srv: srv, id: id, client: c, src: src, dst: dst, zone: zone, extra: extra,
-		start: time.Now(), drep: rpcparse.LittleEndianDataRep,
+		start: time.Now(), a: assoc.New(callBuffers{}),
 	}
+	sess.rateOK = sess.rateAllow
+	return sess
+}
+
+// rateAllow is the per-source activation rate, asked by the association
+// for each complete KMS call that passed every other check.
+func (s *session) rateAllow() bool {
+	return s.srv.rate.allow(s.src.Addr(), s.runtime().Config.Limits.ActivationsPerMinutePerSource, time.Now())
+}
+
+// envFor is what the association consults for one PDU: the policy in
+// force when it arrived.
+func (s *session) envFor(rt *Runtime) *assoc.Env {
+	s.env = assoc.Env{Policy: rt.Policy, Shadow: rt.Shadow, MaxCallBytes: rt.Config.Limits.MaxCallBytes,
+		MaxContexts: rt.Config.Limits.MaxContexts, Src: s.src.Addr(), RateOK: s.rateOK}
+	return &s.env
 }
 
 func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
@@ -218,9 +127,9 @@ func (s *session) serve() (parked bool) {
 	for {
 		var deadline time.Time
 		canPark := false
-		if s.bound {
+		if s.a.BindSeen() {
 			deadline = s.lastActive.Add(rt.Config.Limits.IdleTimeout)
-			if park := time.Now().Add(idleParkAfter); park.Before(deadline) && !s.asm.active && s.clientFr.Buffered() == 0 {
+			if park := time.Now().Add(idleParkAfter); park.Before(deadline) && s.a.Idle() && s.clientFr.Buffered() == 0 {
 				deadline, canPark = park, true
 			}
 		} else {
@@ -238,7 +147,7 @@ func (s *session) serve() (parked bool) {
 			s.clientReadError(err)
 			return false
 		}
-		worked := doesWork(frag)
+		worked := assoc.ResetsIdle(rpcparse.PType(frag[2]))
 		if worked {
 			s.lastActive = time.Now()
 		}
@@ -248,6 +157,7 @@ func (s *session) serve() (parked bool) {
 		rt = s.runtime()
 		p := s.clientPDU
 		if err := p.Parse(frag, s.maxFrg); err != nil {
+			s.a.Violate(assoc.StageFraming, rpcparse.Reason(err))
 			s.violation("client", rpcparse.Reason(err), err, p)
 			return false
 		}
@@ -264,15 +174,6 @@ func (s *session) serve() (parked bool) {
 			s.lastActive = time.Now()
 		}
 	}
-}
-
-// doesWork reports whether a client PDU asks for work. co_cancel and
-// orphaned do not: they must not reset the idle clock, or a client that
-// sends one every few seconds would hold its association (and its host
-// connection) open forever.
-func doesWork(frag []byte) bool {
-	t := rpcparse.PType(frag[2])
-	return t != rpcparse.PTypeCoCancel && t != rpcparse.PTypeOrphaned
 }
 
 func isTimeout(err error) bool {
@@ -323,7 +224,8 @@ func (s *session) detachBuffers() bool {
 		s.hostBuf = nil
 	}
 	s.clientPDU, s.hostPDU, s.log = nil, nil, nil
-	s.respStub = nil
+	s.a.Shrink()
+	s.env = assoc.Env{}
 	return true
 }
 
@@ -354,7 +256,7 @@ func (s *session) clientReadError(err error) {
 	case errors.Is(err, io.EOF):
 		s.halfClose()
 	case errors.As(err, &ne) && ne.Timeout():
-		if s.bound {
+		if s.a.BindSeen() {
 			s.setReason(ReasonIdleTimeout)
 			s.failOutstanding() // the client was idle waiting on the host
 		} else {
@@ -380,227 +282,74 @@ func (s *session) halfClose() {
 	s.setReason("client-closed")
 }
 
-// handleClientPDU applies DESIGN rules 3–6 to one client PDU; it returns
-// false when the connection must end.
+// handleClientPDU runs one client PDU through the association and acts on
+// its step; it returns false when the connection must end.
 func (s *session) handleClientPDU(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
-	if !p.Type.FromClient() {
-		s.violation("client", ReasonWrongDirection, nil, p)
-		return false
-	}
-	if !s.bound && p.Type != rpcparse.PTypeBind {
-		s.violation("client", ReasonFirstPDUNotBind, nil, p)
-		return false
-	}
-	if p.Type == rpcparse.PTypeBind {
-		if s.bound {
-			s.violation("client", ReasonSecondBind, nil, p)
-			return false
-		}
-		s.drep = p.DataRep
-		return s.handleBind(rt, p, frag)
-	}
-	if reason := LaterPDUReason(s.drep, s.negAuth, p); reason != "" {
-		s.violation("client", reason, nil, p)
-		return false
-	}
-	switch p.Type {
-	case rpcparse.PTypeAlterContext:
-		return s.handleBind(rt, p, frag)
-	case rpcparse.PTypeRequest:
-		return s.handleRequest(rt, p, frag)
-	case rpcparse.PTypeAuth3:
-		return s.handleAuth3(rt, p, frag)
-	case rpcparse.PTypeCoCancel, rpcparse.PTypeOrphaned:
-		return s.handleCancel(p, frag)
-	}
-	s.violation("client", ReasonWrongDirection, nil, p)
-	return false
+	return s.act(rt, p, s.a.Client(s.envFor(rt), p, frag))
 }
 
-func (s *session) handleBind(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
-	if s.asm.active {
-		s.violation("client", ReasonCallInterleaved, nil, p)
+// act carries out a client step: the one place that logs, counts,
+// answers, forwards and closes.
+func (s *session) act(rt *Runtime, p *rpcparse.PDU, st assoc.Step) bool {
+	if st.Shadow != nil {
+		s.shadowCompare(p, st.Decision, *st.Shadow)
+	}
+	switch st.Verdict {
+	case assoc.Close:
+		s.violation("client", st.Reason, nil, p)
 		return false
-	}
-	d := rt.Policy.DecideBind(s.src.Addr(), p)
-	s.shadowBind(rt, p, d)
-	live := len(s.live)
-	if d.Verdict == acl.Allow && live+int(p.Bind.NumContexts) > maxLiveContexts {
-		d = acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: acl.ReasonTooManyContexts}
-	}
-	if d.Verdict != acl.Allow {
-		s.refuseBind(rt, p, d)
+	case assoc.Refuse:
+		s.refuse(p, st)
 		return false
-	}
-	auth := rpcparse.ClassifyAuth(p)
-	if p.Type == rpcparse.PTypeBind {
-		s.negAuth = NegotiatedBy(p)
-	}
-	s.logBind(p, d, auth)
-	if s.upstream == nil {
-		if !s.connectUpstream(rt, p) {
-			return false
-		}
-	}
-	items := make([]pendingItem, 0, p.Bind.NumContexts)
-	for it := p.Bind.Contexts(); it.Next(); {
-		c := it.Context()
-		items = append(items, pendingItem{id: c.ID, iface: c.Abstract})
-	}
-	s.pending, s.pendType, s.pendCall, s.pendValid = items, p.Type, p.CallID, true
-	if p.Type == rpcparse.PTypeBind || p.HasAuth {
-		s.auth = auth
-	}
-	s.bound = true
-	return s.forward(frag) && s.awaitHost()
-}
-
-func (s *session) handleAuth3(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
-	if s.asm.active {
-		// Nothing may come between the fragments of a call.
-		s.violation("client", ReasonCallInterleaved, nil, p)
-		return false
-	}
-	// auth3 carries NTLM's last leg, the only place a NULL session shows:
-	// the association's new auth class must be allowed for every interface
-	// bound or being bound, or the handshake ends here.
-	class := rpcparse.ClassifyAuth(p)
-	ifaces := make([]rpcparse.SyntaxID, 0, len(s.live)+len(s.pending))
-	for _, c := range s.live {
-		ifaces = append(ifaces, c.iface)
-	}
-	for _, c := range s.pending {
-		ifaces = append(ifaces, c.iface)
-	}
-	for _, iface := range ifaces {
-		d := rt.Policy.DecideAuth(s.src.Addr(), iface, class)
-		if d.Verdict != acl.Allow {
-			s.refusalEvent(ActionBindRefused, d, p, append(appendAuthFields(nil, p),
-				zap.String("dcerpc.interface.uuid", uuidText(iface.UUID)),
-				zap.String("dcerpc.interface.name", rpcparse.InterfaceName(iface.UUID)))...)
-			s.setReason(d.Reason)
-			return false // auth3 has no answer PDU: refusing is closing
-		}
-	}
-	s.auth = class
-	return s.forward(frag)
-}
-
-func (s *session) handleCancel(p *rpcparse.PDU, frag []byte) bool {
-	// A cancel or orphan for a call still held here ends that call without
-	// the host ever seeing it. Any other names nothing at the host (every
-	// forwarded call was answered before this PDU was read): swallowed.
-	if s.asm.active && p.CallID == s.asm.callID {
-		s.dropAssembly()
-	}
-	return true
-}
-
-// handleRequest checks one request fragment (rule 6) and forwards the call
-// once its last fragment passed.
-func (s *session) handleRequest(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
-	r := &p.Request
-	first := p.Flags&rpcparse.FlagFirstFrag != 0
-	last := p.Flags&rpcparse.FlagLastFrag != 0
-	lim := rt.Config.Limits
-	if r.HasObject {
-		d := acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonObjectUUID}
-		s.refuseRequest(rt, p, d)
-		return false
-	}
-	if s.asm.active {
-		switch {
-		case first || p.CallID != s.asm.callID:
-			s.violation("client", ReasonCallInterleaved, nil, p)
-			return false
-		case r.ContextID != s.asm.ctxID || r.Opnum != s.asm.opnum:
-			s.violation("client", ReasonFragmentMismatch, nil, p)
-			return false
-		}
-	} else {
-		if !first {
-			s.violation("client", ReasonFirstFragMissing, nil, p)
-			return false
-		}
-		// No call is outstanding here: each was answered (awaitHost)
-		// before this PDU was read.
-		ctx, ok := s.liveContext(r.ContextID)
-		if !ok {
-			s.refuseRequest(rt, p, acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonContextNotLive})
-			return false
-		}
-		auth := s.auth
-		d := rt.Policy.DecideRequest(s.src.Addr(), ctx.iface, auth, r.Opnum)
-		s.shadowRequest(rt, p, ctx, auth, d)
-		if d.Verdict != acl.Allow {
-			s.refuseRequest(rt, p, d)
-			return false
-		}
-		s.asm = assembly{active: true, callID: p.CallID, ctxID: r.ContextID, opnum: r.Opnum, ctx: ctx, rule: d}
-	}
-	s.asm.stubLen += len(r.Stub)
-	// Bound the stub and, for floods of tiny fragments, the held bytes.
-	if s.asm.stubLen > lim.MaxCallBytes || s.asm.held()+len(frag) > maxHeldCallBytes(lim.MaxCallBytes) {
-		s.refuseRequest(rt, p, acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: ReasonCallTooLarge})
-		return false
-	}
-	single := first && last
-	if !single {
-		if s.asm.raw == nil {
-			s.asm.raw, s.asm.stub = getCallBuffer(), getCallBuffer()
-		}
-		*s.asm.raw = append(*s.asm.raw, frag...)
-		*s.asm.stub = append(*s.asm.stub, r.Stub...)
-	}
-	if !last {
+	case assoc.Hold, assoc.Consume:
 		return true
-	}
-	stub := r.Stub
-	if !single {
-		stub = *s.asm.stub
-	}
-	c := call{id: p.CallID, ctxID: s.asm.ctxID, opnum: s.asm.opnum, ndr64: s.asm.ctx.ndr64}
-	if !s.inspectCall(rt, p, &c, stub) {
+	case assoc.Forward:
+	default:
+		s.violation("client", st.Reason, nil, p)
 		return false
 	}
-	s.calls = append(s.calls, c)
-	out := frag
-	if !single {
-		out = *s.asm.raw
-	}
-	ok := s.forward(out) // before the buffers go back to the pool
-	s.dropAssembly()
-	return ok && s.awaitHost()
-}
-
-// dropAssembly ends the call being assembled and gives its buffers back:
-// a connection keeps no call bytes between calls.
-func (s *session) dropAssembly() {
-	putCallBuffer(s.asm.raw)
-	putCallBuffer(s.asm.stub)
-	s.asm = assembly{}
-}
-
-func (s *session) clearPending() {
-	s.pendValid, s.pending = false, nil
-}
-
-func (s *session) liveContext(id uint16) (liveContext, bool) {
-	for _, c := range s.live {
-		if c.id == id {
-			return c, true
+	switch st.Stage {
+	case assoc.StageBind:
+		s.logBind(p, st.Decision)
+		if st.Dial && !s.connectUpstream(rt, p) {
+			return false
 		}
+		return s.forward(st.Out) && s.awaitHost()
+	case assoc.StageAuth3:
+		return s.forward(st.Out) // auth3 has no answer
 	}
-	return liveContext{}, false
+	if c := st.Call; c != nil && c.KMS != nil && c.KMS.DecodeErr == nil {
+		s.srv.watch.observe(s, rt, kmsCallOf(c))
+	}
+	s.callStart = time.Now()
+	return s.forward(st.Out) && s.awaitHost()
 }
 
-func (s *session) findCall(id uint32) int {
-	for i := range s.calls {
-		if s.calls[i].id == id {
-			return i
+// refuse logs a policy refusal in full and answers it (on_deny reject).
+func (s *session) refuse(p *rpcparse.PDU, st assoc.Step) {
+	d := st.Decision
+	switch st.Stage {
+	case assoc.StageBind:
+		s.refusalEvent(ActionBindRefused, d, p, appendBindFields(nil, p)...)
+	case assoc.StageAuth3:
+		s.refusalEvent(ActionBindRefused, d, p, append(appendAuthFields(nil, p),
+			zap.String("dcerpc.interface.uuid", uuidText(st.Iface.UUID)),
+			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(st.Iface.UUID)))...)
+	case assoc.StageRate:
+		s.refusalEvent(ActionRateLimited, d, p, appendRequestFields(nil, s, p)...)
+	default:
+		f := appendRequestFields(nil, s, p)
+		if c := st.Call; c != nil && c.KMS != nil {
+			kc := kmsCallOf(c)
+			f = appendKMSRequestFields(f, kc)
+			s.srv.metrics.KMSActivations.WithLabelValues(applicationLabel(kc), versionLabel(kc), "refused").Inc()
 		}
+		s.refusalEvent(ActionRequestRefused, d, p, f...)
 	}
-	return -1
+	s.setReason(d.Reason)
+	if st.Answer != nil && s.onDenyReject() {
+		s.writeClient(st.Answer)
+	}
 }
 
 // forward writes bytes that passed every check to the host.
@@ -680,48 +429,6 @@ func (s *session) connectUpstream(rt *Runtime, p *rpcparse.PDU) bool {
 
 func (s *session) onDenyReject() bool { return s.runtime().Config.OnDeny != "drop" }
 
-func (s *session) refuseBind(rt *Runtime, p *rpcparse.PDU, d acl.Decision) {
-	action := ActionBindRefused
-	s.refusalEvent(action, d, p, appendBindFields(nil, p)...)
-	s.setReason(d.Reason)
-	if !s.onDenyReject() {
-		return
-	}
-	if p.Type == rpcparse.PTypeBind {
-		reason := rpcparse.NakReasonNotSpecified
-		switch d.Reason {
-		case acl.ReasonAuthNotAllowed:
-			reason = rpcparse.NakAuthenticationTypeNotRecog
-		case acl.ReasonTooManyContexts:
-			reason = rpcparse.NakLocalLimitExceeded
-		}
-		s.writeClient(rpcparse.AppendBindNak(nil, p.DataRep, p.CallID, reason))
-		return
-	}
-	// alter_context has no nak: a fault on its call id ends it.
-	status := rpcparse.StatusAccessDenied
-	if d.Reason == acl.ReasonInterfaceNotAllowed || d.Reason == acl.ReasonNoMatchingRule {
-		status = rpcparse.StatusUnknownIf
-	}
-	s.writeClient(rpcparse.AppendFault(nil, p.DataRep, p.CallID, 0, status, true))
-}
-
-func (s *session) refuseRequest(rt *Runtime, p *rpcparse.PDU, d acl.Decision, extra ...zap.Field) {
-	s.refusalEvent(ActionRequestRefused, d, p, append(appendRequestFields(nil, s, p), extra...)...)
-	s.setReason(d.Reason)
-	if !s.onDenyReject() {
-		return
-	}
-	status := rpcparse.StatusAccessDenied
-	switch d.Reason {
-	case acl.ReasonOpnumNotAllowed:
-		status = rpcparse.StatusOpRangeError
-	case ReasonContextNotLive:
-		status = rpcparse.StatusUnknownIf
-	}
-	s.writeClient(rpcparse.AppendFault(nil, p.DataRep, p.CallID, p.Request.ContextID, status, true))
-}
-
 // violation logs a protocol violation and ends the connection without an
 // answer: a peer that breaks framing is not a client to talk to.
 func (s *session) violation(dir, reason string, err error, p *rpcparse.PDU) {
@@ -759,7 +466,7 @@ func (s *session) refusalEvent(action string, d acl.Decision, p *rpcparse.PDU, e
 	s.srv.metrics.Decisions.WithLabelValues(action, d.Reason).Inc()
 }
 
-func (s *session) logBind(p *rpcparse.PDU, d acl.Decision, auth rpcparse.AuthClass) {
+func (s *session) logBind(p *rpcparse.PDU, d acl.Decision) {
 	f := eventFields(ActionBindAllowed, "success", "")
 	f = append(f, zap.String("rule.name", d.Rule), zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
 	f = appendBindFields(f, p)
@@ -798,12 +505,11 @@ func appendRequestFields(f []zap.Field, s *session, p *rpcparse.PDU) []zap.Field
 		zap.Uint16("dcerpc.context_id", p.Request.ContextID),
 		zap.Uint16("dcerpc.opnum", p.Request.Opnum),
 	)
-	ctx, ok := s.liveContext(p.Request.ContextID)
-	if ok {
+	if ctx, ok := s.a.Context(p.Request.ContextID); ok {
 		f = append(f,
-			zap.String("dcerpc.interface.uuid", uuidText(ctx.iface.UUID)),
-			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(ctx.iface.UUID)),
-			zap.String("dcerpc.interface.version", versionString(ctx.iface)),
+			zap.String("dcerpc.interface.uuid", uuidText(ctx.Iface.UUID)),
+			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(ctx.Iface.UUID)),
+			zap.String("dcerpc.interface.version", versionString(ctx.Iface)),
 		)
 	}
 	return appendAuthFields(f, p)
@@ -844,7 +550,7 @@ func itoa(n int) string {
 // gets the client a prompt refusal (failOutstanding).
 func (s *session) awaitHost() bool {
 	idle := s.runtime().Config.Limits.IdleTimeout
-	for s.outstanding() {
+	for s.a.Outstanding() {
 		s.upstream.SetReadDeadline(time.Now().Add(idle))
 		frag, err := s.hostFr.Next()
 		if err != nil {
@@ -866,9 +572,13 @@ func (s *session) relayHostPDU(frag []byte) bool {
 		s.violation("host", rpcparse.Reason(err), err, p)
 		return false
 	}
-	if reason := s.checkHostPDU(p, &s.respStub); reason != "" {
-		s.violation("host", reason, nil, p)
+	st := s.a.Host(&s.env, p)
+	if st.Verdict != assoc.Relay {
+		s.violation("host", st.Reason, nil, p)
 		return false
+	}
+	if c := st.Call; c != nil && c.KMS != nil {
+		s.finishKMSCall(c, true)
 	}
 	if err := s.writeClient(frag); err != nil {
 		s.setReason("client-write-error")
@@ -876,10 +586,6 @@ func (s *session) relayHostPDU(frag []byte) bool {
 	}
 	s.srv.metrics.bytesToClient.Add(float64(len(frag)))
 	return true
-}
-
-func (s *session) outstanding() bool {
-	return s.pendValid || len(s.calls) > 0
 }
 
 func (s *session) hostReadError(err error) {
@@ -904,100 +610,17 @@ func (s *session) hostReadError(err error) {
 }
 
 // failOutstanding answers what the client still waits for when the host
-// goes away or stops answering: a pending bind gets bind_nak "temporary
-// congestion", an alter_context or call a fault, so the client sees a
+// goes away or stops answering (a pending bind gets bind_nak "temporary
+// congestion", an alter_context or call a fault), so the client sees a
 // prompt refusal rather than a bare close.
 func (s *session) failOutstanding() {
-	var out []byte
-	if s.pendValid {
-		if s.pendType == rpcparse.PTypeBind {
-			out = rpcparse.AppendBindNak(out, s.drep, s.pendCall, rpcparse.NakTemporaryCongestion)
-		} else {
-			out = rpcparse.AppendFault(out, s.drep, s.pendCall, 0, rpcparse.StatusCallFailed, false)
-		}
+	out, c := s.a.FailOutstanding()
+	if c != nil && c.KMS != nil {
+		s.finishKMSCall(c, false)
 	}
-	for _, c := range s.calls {
-		out = rpcparse.AppendFault(out, s.drep, c.id, c.ctxID, rpcparse.StatusCallFailed, false)
-		if c.kms != nil {
-			s.finishKMSCall(&c, nil, nil)
-		}
-	}
-	// Answered once.
-	s.calls = nil
-	s.clearPending()
 	if len(out) > 0 {
 		s.writeClient(out)
 	}
-}
-
-// checkHostPDU updates the association from the host's answer and returns
-// a violation reason, or "".
-func (s *session) checkHostPDU(p *rpcparse.PDU, respStub *[]byte) string {
-	if !p.Type.FromServer() {
-		return ReasonHostWrongDirection
-	}
-	switch p.Type {
-	case rpcparse.PTypeBindAck, rpcparse.PTypeAlterContextResp:
-		want := rpcparse.PTypeBind
-		if p.Type == rpcparse.PTypeAlterContextResp {
-			want = rpcparse.PTypeAlterContext
-		}
-		if !s.pendValid || s.pendType != want || p.CallID != s.pendCall {
-			return ReasonUnexpectedResponse
-		}
-		if int(p.BindAck.NumResults) != len(s.pending) {
-			return ReasonResultCount
-		}
-		for i, item := range s.pending {
-			r := p.BindAck.Result(i)
-			if r.Result != rpcparse.ResultAcceptance {
-				continue
-			}
-			lc := liveContext{id: item.id, iface: item.iface, ndr64: rpcparse.ClassifyTransfer(r.Transfer) == rpcparse.TransferNDR64}
-			replaced := false
-			for j := range s.live {
-				if s.live[j].id == item.id {
-					s.live[j], replaced = lc, true
-				}
-			}
-			if !replaced {
-				s.live = append(s.live, lc)
-			}
-		}
-		s.clearPending()
-	case rpcparse.PTypeBindNak:
-		if !s.pendValid || s.pendType != rpcparse.PTypeBind || p.CallID != s.pendCall {
-			return ReasonUnexpectedResponse
-		}
-		s.clearPending()
-	case rpcparse.PTypeResponse, rpcparse.PTypeFault:
-		i := s.findCall(p.CallID)
-		if i < 0 {
-			if p.Type == rpcparse.PTypeFault && s.pendValid && p.CallID == s.pendCall {
-				s.clearPending() // host refused an alter_context
-				return ""
-			}
-			return ReasonUnexpectedResponse
-		}
-		c := &s.calls[i]
-		if c.kms != nil && p.Type == rpcparse.PTypeResponse {
-			if p.Flags&rpcparse.FlagFirstFrag != 0 {
-				*respStub = (*respStub)[:0]
-				c.respBigEndian = p.DataRep.BigEndian()
-			}
-			if len(*respStub)+len(p.Response.Stub) <= s.runtime().Config.Limits.MaxCallBytes {
-				*respStub = append(*respStub, p.Response.Stub...)
-			}
-		}
-		if p.Type == rpcparse.PTypeFault || p.Flags&rpcparse.FlagLastFrag != 0 {
-			if c.kms != nil {
-				s.finishKMSCall(c, p, *respStub)
-			}
-			s.calls = append(s.calls[:i], s.calls[i+1:]...)
-		}
-	case rpcparse.PTypeShutdown:
-	}
-	return ""
 }
 
 // ---- lifetime ----
@@ -1074,14 +697,10 @@ func (s *session) finish() {
 		putBuffer(s.clientBuf)
 		s.clientBuf = nil
 	}
-	s.dropAssembly()
-	pending := s.calls
-	s.calls = nil
-	for i := range pending {
-		if pending[i].kms != nil {
-			s.finishKMSCall(&pending[i], nil, nil)
-		}
+	if c := s.a.Unanswered(); c != nil && c.KMS != nil {
+		s.finishKMSCall(c, false)
 	}
+	s.a.Release()
 	reason, _ := s.closeReason.Load().(string)
 	f := eventFields(ActionConnectionClosed, "success", "")
 	f = append(f,

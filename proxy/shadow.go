@@ -12,34 +12,6 @@ import (
 // says what the candidate would have done. This is how a policy change is
 // tried on real traffic without a fail-open audit mode.
 
-func (s *session) shadowBind(rt *Runtime, p *rpcparse.PDU, live acl.Decision) {
-	if rt.Shadow == nil {
-		return
-	}
-	s.shadowCompare(p, live, rt.Shadow.DecideBind(s.src.Addr(), p))
-}
-
-func (s *session) shadowRequest(rt *Runtime, p *rpcparse.PDU, ctx liveContext, auth rpcparse.AuthClass, live acl.Decision) {
-	if rt.Shadow == nil {
-		return
-	}
-	s.shadowCompare(p, live, rt.Shadow.DecideRequest(s.src.Addr(), ctx.iface, auth, p.Request.Opnum))
-}
-
-func (s *session) shadowKMS(rt *Runtime, p *rpcparse.PDU, facts acl.KMSFacts, live acl.Decision) {
-	if rt.Shadow == nil {
-		return
-	}
-	// The shadow's own request decision picks the rule whose kms: block applies.
-	ctx, _ := s.liveContext(p.Request.ContextID)
-	auth := s.auth
-	sr := rt.Shadow.DecideRequest(s.src.Addr(), ctx.iface, auth, p.Request.Opnum)
-	if sr.Verdict != acl.Allow {
-		return // shadowRequest already reported this call's difference
-	}
-	s.shadowCompare(p, live, rt.Shadow.DecideKMS(sr.RuleIndex, facts))
-}
-
 func (s *session) shadowCompare(p *rpcparse.PDU, live, shadow acl.Decision) {
 	if live.Verdict == shadow.Verdict {
 		return

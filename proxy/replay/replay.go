@@ -31,6 +31,7 @@ import (
 	"strconv"
 
 	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/proxy"
 	"github.com/kmsproxy/kmsproxy/proxy/capture"
@@ -192,51 +193,14 @@ func serverAddr(r *capture.Record) netip.AddrPort {
 	return r.Dst
 }
 
-type liveContext struct {
-	id    uint16
-	iface rpcparse.SyntaxID
-	ndr64 bool
-}
-
-type call struct {
-	id       uint32
-	ctxID    uint16
-	opnum    uint16
-	ndr64    bool
-	kms      *kms.Request // decoded activation request, for the reply
-	respStub []byte
-	// respBigEndian is the host's byte order, from its first fragment.
-	respBigEndian bool
-}
-
-type assembly struct {
-	active  bool
-	callID  uint32
-	ctxID   uint16
-	opnum   uint16
-	ctx     liveContext
-	rule    acl.Decision
-	stub    []byte
-	stubLen int
-}
-
-// stream is one simulated session: the state session.go keeps.
+// stream is one simulated session: an association driven as the proxy
+// drives it.
 type stream struct {
-	src, dst  netip.AddrPort
-	zone      string
-	started   bool
-	closed    bool
-	bound     bool
-	drep      rpcparse.DataRep
-	negAuth   proxy.NegotiatedAuth
-	auth      rpcparse.AuthClass
-	pending   []liveContext // offered, not yet answered (ndr64 unknown)
-	pendType  rpcparse.PType
-	pendCall  uint32
-	pendValid bool
-	live      []liveContext
-	calls     []call
-	asm       assembly
+	src, dst netip.AddrPort
+	zone     string
+	started  bool
+	closed   bool
+	a        *assoc.Assoc
 }
 
 type engine struct {
@@ -249,10 +213,17 @@ type engine struct {
 	emit         func(*Decision) error
 }
 
+// env is what the association consults; RateOK stays nil: rate limits
+// are out of replay's scope (a capture's timing is not the client's).
+func (e *engine) env(st *stream) *assoc.Env {
+	return &assoc.Env{Policy: e.live, Shadow: e.shadow, MaxCallBytes: e.lim.MaxCallBytes,
+		MaxContexts: e.lim.MaxContexts, Src: st.src.Addr()}
+}
+
 func (e *engine) stream(r *capture.Record) *stream {
 	st := e.streams[r.Stream]
 	if st == nil {
-		st = &stream{src: clientAddr(r), dst: serverAddr(r)}
+		st = &stream{src: clientAddr(r), dst: serverAddr(r), a: assoc.New(nil)}
 		if e.opt.Source.IsValid() {
 			st.src = netip.AddrPortFrom(e.opt.Source, st.src.Port())
 		}
@@ -311,19 +282,11 @@ func rawCallID(b []byte) uint32 {
 	return uint32(b[12]) | uint32(b[13])<<8 | uint32(b[14])<<16 | uint32(b[15])<<24
 }
 
-func (d *Decision) set(verdict, stage string, dec acl.Decision) {
-	d.Verdict, d.Stage, d.Rule, d.Reason = verdict, stage, dec.Rule, dec.Reason
-}
-
 func (d *Decision) violation(stage, reason string, err error) {
 	d.Verdict, d.Stage, d.Reason = VerdictViolation, stage, reason
 	if err != nil {
 		d.Error = err.Error()
 	}
-}
-
-func deny(reason string) acl.Decision {
-	return acl.Decision{Verdict: acl.Deny, RuleIndex: -1, Reason: reason}
 }
 
 func verdictOf(d acl.Decision) string {
@@ -333,35 +296,19 @@ func verdictOf(d acl.Decision) string {
 	return VerdictDeny
 }
 
-// compare records the shadow decision where it differs from the live one.
-func compare(d *Decision, live, shadow acl.Decision) {
-	if live.Verdict != shadow.Verdict {
-		d.Shadow = &Shadow{Verdict: verdictOf(shadow), Rule: shadow.Rule, Reason: shadow.Reason}
-	}
-}
-
-// ---- client side (rules 2–6) ----
-
 func (e *engine) client(st *stream, i int, r *capture.Record, p *rpcparse.PDU, d *Decision) error {
 	if r.Err != nil {
 		e.recordError(r, d, "client")
 		return nil
 	}
 	if err := p.Parse(r.Bytes, e.lim.MaxFragment); err != nil {
+		st.a.Violate(assoc.StageFraming, rpcparse.Reason(err))
 		d.violation(StageFraming, rpcparse.Reason(err), err)
 		return nil
 	}
-	switch {
-	case !p.Type.FromClient():
-		d.violation(StageSequence, proxy.ReasonWrongDirection, nil)
-		return nil
-	case !st.bound && p.Type != rpcparse.PTypeBind:
-		d.violation(StageSequence, proxy.ReasonFirstPDUNotBind, nil)
-		return nil
-	}
-	if st.bound && st.pendValid {
-		// The proxy holds a pipelined PDU until the host has answered the
-		// pending bind: play the host's answer first, if the capture has it.
+	if st.a.Outstanding() {
+		// The proxy reads no client PDU while the host owes an answer:
+		// play the host's answer first, if the capture has it.
 		if err := e.drainHost(st, i, r.Stream); err != nil {
 			return err
 		}
@@ -369,72 +316,71 @@ func (e *engine) client(st *stream, i int, r *capture.Record, p *rpcparse.PDU, d
 			d.Verdict, d.Stage, d.Reason = VerdictUnreached, StageConnection, ReasonConnectionClosed
 			return nil
 		}
-		if st.pendValid {
-			d.violation(StageSequence, proxy.ReasonBindPending, nil)
-			return nil
-		}
 	}
-	if st.bound && p.Type != rpcparse.PTypeBind {
-		if reason := proxy.LaterPDUReason(st.drep, st.negAuth, p); reason != "" {
-			d.violation(StageSequence, reason, nil)
-			return nil
-		}
-	}
-	switch p.Type {
-	case rpcparse.PTypeBind:
-		if st.bound {
-			d.violation(StageSequence, proxy.ReasonSecondBind, nil)
-			return nil
-		}
-		st.drep, st.negAuth = p.DataRep, proxy.NegotiatedBy(p)
-		e.bind(st, p, d)
-	case rpcparse.PTypeAlterContext:
-		e.bind(st, p, d)
-	case rpcparse.PTypeRequest:
-		e.request(st, p, d)
-	case rpcparse.PTypeAuth3:
-		e.auth3(st, p, d)
-	case rpcparse.PTypeCoCancel, rpcparse.PTypeOrphaned:
-		d.Verdict, d.Stage, d.Reason = VerdictAllow, StageCancel, acl.ReasonAllowed
-		if st.asm.active && p.CallID == st.asm.callID {
-			st.asm = assembly{} // the held call ends here; the host never sees it
-		}
-	default:
-		d.violation(StageSequence, proxy.ReasonWrongDirection, nil)
-	}
+	describeClient(d, st, p, st.a.Client(e.env(st), p, r.Bytes))
 	return nil
 }
 
-// auth3 completes the handshake: its auth class (an NTLM NULL session
-// shows only here) must be allowed for every context bound or pending.
-func (e *engine) auth3(st *stream, p *rpcparse.PDU, d *Decision) {
-	if st.asm.active {
-		d.violation(StageSequence, proxy.ReasonCallInterleaved, nil)
-		return
+// describeClient turns the association's step for a client PDU into the
+// decision replay reports.
+func describeClient(d *Decision, st *stream, p *rpcparse.PDU, step assoc.Step) {
+	switch p.Type {
+	case rpcparse.PTypeBind, rpcparse.PTypeAlterContext:
+		for it := p.Bind.Contexts(); it.Next(); {
+			d.Contexts = append(d.Contexts, ifaceName(it.Context().Abstract))
+		}
+		if len(d.Contexts) > 0 {
+			d.Interface = d.Contexts[0]
+		}
+	case rpcparse.PTypeRequest:
+		ctxID, opnum := p.Request.ContextID, p.Request.Opnum
+		d.ContextID, d.Opnum = &ctxID, &opnum
 	}
-	class := rpcparse.ClassifyAuth(p)
-	ifaces := make([]rpcparse.SyntaxID, 0, len(st.live)+len(st.pending))
-	for _, c := range st.live {
-		ifaces = append(ifaces, c.iface)
+	if step.HasIface {
+		d.Interface = ifaceName(step.Iface)
 	}
-	for _, c := range st.pending {
-		ifaces = append(ifaces, c.iface)
+	d.Stage, d.Reason, d.Rule = string(step.Stage), step.Reason, step.Decision.Rule
+	switch step.Verdict {
+	case assoc.Close:
+		d.Verdict = VerdictViolation
+	case assoc.Refuse:
+		d.Verdict = VerdictDeny
+	default:
+		d.Verdict = VerdictAllow
 	}
-	for _, iface := range ifaces {
-		if dec := e.live.DecideAuth(st.src.Addr(), iface, class); !dec.Allowed() {
-			d.Interface = ifaceName(iface)
-			d.set(VerdictDeny, StageAuth3, dec)
-			return
+	if step.Shadow != nil {
+		d.Shadow = &Shadow{Verdict: verdictOf(*step.Shadow), Rule: step.Shadow.Rule, Reason: step.Shadow.Reason}
+	}
+	if c := step.Call; c != nil && c.KMS != nil {
+		d.KMS = requestFacts(c.KMS)
+		if c.KMS.DecodeErr != nil {
+			d.Error = c.KMS.DecodeErr.Error()
 		}
 	}
-	st.auth = class
-	d.Verdict, d.Stage, d.Reason = VerdictAllow, StageAuth3, acl.ReasonAllowed
 }
 
-// drainHost plays the stream's host records after index i until the
-// pending bind is answered or the capture has no more of them.
+func requestFacts(kc *assoc.KMSCall) *KMS {
+	req := &kc.Req
+	k := &KMS{Version: req.MajorVersion}
+	if kc.DecodeErr != nil {
+		k.Error = kms.Reason(kc.DecodeErr)
+		return k
+	}
+	k.Application = kms.ApplicationName(req.ApplicationID)
+	k.ApplicationID = req.ApplicationID.String()
+	k.SKU = kms.SKUName(req.SKUID)
+	if k.SKU == "" {
+		k.SKU = req.SKUID.String()
+	}
+	k.Workstation = req.Workstation()
+	k.CMID = req.CMID.String()
+	return k
+}
+
+// drainHost plays the stream's host records after index i until nothing
+// is outstanding or the capture has no more of them.
 func (e *engine) drainHost(st *stream, i, streamID int) error {
-	for j := i + 1; j < len(e.recs) && st.pendValid && !st.closed; j++ {
+	for j := i + 1; j < len(e.recs) && st.a.Outstanding() && !st.closed; j++ {
 		if e.done[j] || e.recs[j].Stream != streamID || e.recs[j].Direction != capture.ServerToClient {
 			continue
 		}
@@ -463,170 +409,6 @@ func ifaceName(s rpcparse.SyntaxID) string {
 	return s.UUID.String() + "/" + strconv.Itoa(int(s.Major)) + "." + strconv.Itoa(int(s.Minor))
 }
 
-func (e *engine) bind(st *stream, p *rpcparse.PDU, d *Decision) {
-	for it := p.Bind.Contexts(); it.Next(); {
-		d.Contexts = append(d.Contexts, ifaceName(it.Context().Abstract))
-	}
-	if len(d.Contexts) > 0 {
-		d.Interface = d.Contexts[0]
-	}
-	if st.asm.active {
-		d.violation(StageSequence, proxy.ReasonCallInterleaved, nil)
-		return
-	}
-	dec := e.live.DecideBind(st.src.Addr(), p)
-	if e.shadow != nil {
-		compare(d, dec, e.shadow.DecideBind(st.src.Addr(), p))
-	}
-	d.set(verdictOf(dec), StageBind, dec)
-	if !dec.Allowed() {
-		return
-	}
-	st.pending = st.pending[:0]
-	for it := p.Bind.Contexts(); it.Next(); {
-		c := it.Context()
-		st.pending = append(st.pending, liveContext{id: c.ID, iface: c.Abstract})
-	}
-	st.pendType, st.pendCall, st.pendValid = p.Type, p.CallID, true
-	if p.Type == rpcparse.PTypeBind || p.HasAuth {
-		st.auth = rpcparse.ClassifyAuth(p)
-	}
-	st.bound = true
-}
-
-func (st *stream) liveContext(id uint16) (liveContext, bool) {
-	for _, c := range st.live {
-		if c.id == id {
-			return c, true
-		}
-	}
-	return liveContext{}, false
-}
-
-func (st *stream) findCall(id uint32) int {
-	for i := range st.calls {
-		if st.calls[i].id == id {
-			return i
-		}
-	}
-	return -1
-}
-
-// maxOutstandingCalls mirrors the session's bound on unanswered calls.
-const maxOutstandingCalls = 32
-
-func (e *engine) request(st *stream, p *rpcparse.PDU, d *Decision) {
-	r := &p.Request
-	ctxID, opnum := r.ContextID, r.Opnum
-	d.ContextID, d.Opnum = &ctxID, &opnum
-	if c, ok := st.liveContext(r.ContextID); ok {
-		d.Interface = ifaceName(c.iface)
-	}
-	first := p.Flags&rpcparse.FlagFirstFrag != 0
-	last := p.Flags&rpcparse.FlagLastFrag != 0
-	if r.HasObject {
-		d.set(VerdictDeny, StageRequest, deny(proxy.ReasonObjectUUID))
-		return
-	}
-	if st.asm.active {
-		switch {
-		case first || p.CallID != st.asm.callID:
-			d.violation(StageSequence, proxy.ReasonCallInterleaved, nil)
-			return
-		case r.ContextID != st.asm.ctxID || r.Opnum != st.asm.opnum:
-			d.violation(StageSequence, proxy.ReasonFragmentMismatch, nil)
-			return
-		}
-	} else {
-		if !first {
-			d.violation(StageSequence, proxy.ReasonFirstFragMissing, nil)
-			return
-		}
-		ctx, ok := st.liveContext(r.ContextID)
-		if st.findCall(p.CallID) >= 0 || len(st.calls) >= maxOutstandingCalls {
-			d.violation(StageSequence, proxy.ReasonCallInterleaved, nil)
-			return
-		}
-		if !ok {
-			d.set(VerdictDeny, StageRequest, deny(proxy.ReasonContextNotLive))
-			return
-		}
-		dec := e.live.DecideRequest(st.src.Addr(), ctx.iface, st.auth, r.Opnum)
-		if e.shadow != nil {
-			compare(d, dec, e.shadow.DecideRequest(st.src.Addr(), ctx.iface, st.auth, r.Opnum))
-		}
-		if !dec.Allowed() {
-			d.set(VerdictDeny, StageRequest, dec)
-			return
-		}
-		st.asm = assembly{active: true, callID: p.CallID, ctxID: r.ContextID, opnum: r.Opnum, ctx: ctx, rule: dec,
-			stub: st.asm.stub[:0]}
-	}
-	st.asm.stubLen += len(r.Stub)
-	if st.asm.stubLen > e.lim.MaxCallBytes {
-		d.set(VerdictDeny, StageRequest, deny(proxy.ReasonCallTooLarge))
-		return
-	}
-	st.asm.stub = append(st.asm.stub, r.Stub...)
-	if !last {
-		d.set(VerdictAllow, StageRequest, st.asm.rule)
-		d.Reason = "fragment-held"
-		return
-	}
-	c := call{id: p.CallID, ctxID: st.asm.ctxID, opnum: st.asm.opnum, ndr64: st.asm.ctx.ndr64}
-	dec := st.asm.rule
-	stage := StageRequest
-	if st.asm.ctx.iface.UUID == rpcparse.KMSInterfaceUUID && c.opnum == 0 {
-		stage = StageKMS
-		dec = e.kms(st, p, d, &c)
-	}
-	d.set(verdictOf(dec), stage, dec)
-	if dec.Allowed() {
-		st.calls = append(st.calls, c)
-	}
-	st.asm = assembly{stub: st.asm.stub[:0]}
-}
-
-// kms decodes an activation request and decides it under the allowing
-// rule's kms: block, as the proxy's inspectCall does.
-func (e *engine) kms(st *stream, p *rpcparse.PDU, d *Decision, c *call) acl.Decision {
-	req := new(kms.Request)
-	facts := acl.KMSFacts{}
-	blob, err := kms.ParseRequestStub(st.asm.stub, kms.Encoding{NDR64: c.ndr64, BigEndian: st.drep.BigEndian()})
-	if err == nil {
-		err = kms.DecodeRequest(blob, req)
-	}
-	facts.Version = req.MajorVersion
-	k := &KMS{Version: req.MajorVersion}
-	if err != nil {
-		facts.Malformed = true
-		k.Error = kms.Reason(err)
-		d.Error = err.Error()
-	} else {
-		facts.Application = req.ApplicationID
-		k.Application = kms.ApplicationName(req.ApplicationID)
-		k.ApplicationID = req.ApplicationID.String()
-		k.SKU = kms.SKUName(req.SKUID)
-		if k.SKU == "" {
-			k.SKU = req.SKUID.String()
-		}
-		k.Workstation = req.Workstation()
-		k.CMID = req.CMID.String()
-		c.kms = req
-	}
-	d.KMS = k
-	dec := e.live.DecideKMS(st.asm.rule.RuleIndex, facts)
-	if e.shadow != nil && d.Shadow == nil {
-		// As the proxy: the shadow's own request decision picks its rule; a
-		// difference already reported at the request level is not repeated.
-		sr := e.shadow.DecideRequest(st.src.Addr(), st.asm.ctx.iface, st.auth, p.Request.Opnum)
-		if sr.Allowed() {
-			compare(d, dec, e.shadow.DecideKMS(sr.RuleIndex, facts))
-		}
-	}
-	return dec
-}
-
 // ---- host side (rules 5 and 7) ----
 
 func (e *engine) host(st *stream, r *capture.Record, p *rpcparse.PDU, d *Decision) {
@@ -638,87 +420,32 @@ func (e *engine) host(st *stream, r *capture.Record, p *rpcparse.PDU, d *Decisio
 		return
 	}
 	if err := p.Parse(r.Bytes, 0); err != nil {
+		st.a.Violate(assoc.StageHost, rpcparse.Reason(err))
 		d.violation(StageHost, rpcparse.Reason(err), err)
 		return
 	}
-	d.Verdict, d.Stage = VerdictInfo, StageHost
-	if !p.Type.FromServer() {
-		d.violation(StageHost, proxy.ReasonHostWrongDirection, nil)
+	call := st.a.Unanswered()
+	step := st.a.Host(e.env(st), p)
+	if step.Verdict != assoc.Relay {
+		d.violation(StageHost, step.Reason, nil)
 		return
 	}
+	d.Verdict, d.Stage = VerdictInfo, StageHost
 	switch p.Type {
 	case rpcparse.PTypeBindAck, rpcparse.PTypeAlterContextResp:
-		want := rpcparse.PTypeBind
-		if p.Type == rpcparse.PTypeAlterContextResp {
-			want = rpcparse.PTypeAlterContext
-		}
-		if !st.pendValid || st.pendType != want || p.CallID != st.pendCall {
-			d.violation(StageHost, proxy.ReasonUnexpectedResponse, nil)
-			return
-		}
-		if int(p.BindAck.NumResults) != len(st.pending) {
-			d.violation(StageHost, proxy.ReasonResultCount, nil)
-			return
-		}
-		for i, item := range st.pending {
-			res := p.BindAck.Result(i)
-			if res.Result != rpcparse.ResultAcceptance {
-				continue
-			}
-			d.Accepted = append(d.Accepted, item.id)
-			lc := liveContext{id: item.id, iface: item.iface, ndr64: rpcparse.ClassifyTransfer(res.Transfer) == rpcparse.TransferNDR64}
-			replaced := false
-			for j := range st.live {
-				if st.live[j].id == item.id {
-					st.live[j], replaced = lc, true
-				}
-			}
-			if !replaced {
-				st.live = append(st.live, lc)
-			}
-		}
-		if d.Accepted == nil {
-			d.Accepted = []uint16{}
-		}
-		st.pendValid, st.pending = false, nil
+		d.Accepted = append([]uint16{}, step.Accepted...)
 	case rpcparse.PTypeBindNak:
-		if !st.pendValid || st.pendType != rpcparse.PTypeBind || p.CallID != st.pendCall {
-			d.violation(StageHost, proxy.ReasonUnexpectedResponse, nil)
-			return
-		}
 		d.Status = "bind_nak reason " + strconv.Itoa(int(p.BindNak.Reason))
-		st.pendValid, st.pending = false, nil
-	case rpcparse.PTypeResponse, rpcparse.PTypeFault:
-		i := st.findCall(p.CallID)
-		if i < 0 {
-			if p.Type == rpcparse.PTypeFault && st.pendValid && p.CallID == st.pendCall {
-				st.pendValid, st.pending = false, nil // the host refused an alter_context
-				d.Status = faultStatus(p)
-				return
-			}
-			d.violation(StageHost, proxy.ReasonUnexpectedResponse, nil)
-			return
-		}
-		c := &st.calls[i]
-		ctxID, opnum := c.ctxID, c.opnum
+	case rpcparse.PTypeFault:
+		d.Status = faultStatus(p)
+	}
+	if call != nil && (p.Type == rpcparse.PTypeResponse || p.Type == rpcparse.PTypeFault) {
+		ctxID, opnum := call.CtxID, call.Opnum
 		d.ContextID, d.Opnum = &ctxID, &opnum
-		if lc, ok := st.liveContext(c.ctxID); ok {
-			d.Interface = ifaceName(lc.iface)
-		}
-		if p.Type == rpcparse.PTypeFault {
-			d.Status = faultStatus(p)
-		} else if c.kms != nil && len(c.respStub)+len(p.Response.Stub) <= e.lim.MaxCallBytes {
-			if p.Flags&rpcparse.FlagFirstFrag != 0 {
-				c.respBigEndian = p.DataRep.BigEndian()
-			}
-			c.respStub = append(c.respStub, p.Response.Stub...)
-		}
-		if p.Type == rpcparse.PTypeFault || p.Flags&rpcparse.FlagLastFrag != 0 {
-			if c.kms != nil && p.Type == rpcparse.PTypeResponse {
-				d.KMS = kmsReply(c)
-			}
-			st.calls = append(st.calls[:i], st.calls[i+1:]...)
-		}
+		d.Interface = ifaceName(call.Iface)
+	}
+	if c := step.Call; c != nil && c.KMS != nil && c.KMS.DecodeErr == nil && p.Type == rpcparse.PTypeResponse {
+		d.KMS = kmsReply(c)
 	}
 }
 
@@ -726,12 +453,12 @@ func faultStatus(p *rpcparse.PDU) string {
 	return fmt.Sprintf("fault 0x%08x", p.Fault.Status)
 }
 
-func kmsReply(c *call) *KMS {
-	blob, hr, err := kms.ParseResponseStub(c.respStub, kms.Encoding{NDR64: c.ndr64, BigEndian: c.respBigEndian})
+func kmsReply(c *assoc.Call) *KMS {
+	blob, hr, err := kms.ParseResponseStub(c.KMS.RespStub, kms.Encoding{NDR64: c.NDR64, BigEndian: c.KMS.RespBigEndian})
 	if err != nil {
 		return &KMS{Error: kms.Reason(err)}
 	}
-	k := &KMS{Version: c.kms.MajorVersion, Status: fmt.Sprintf("0x%08x", hr)}
+	k := &KMS{Version: c.KMS.Req.MajorVersion, Status: fmt.Sprintf("0x%08x", hr)}
 	if n := kms.HRESULTName(hr); n != "" {
 		k.Status += " " + n
 	}
@@ -739,7 +466,7 @@ func kmsReply(c *call) *KMS {
 		return k
 	}
 	var resp kms.Response
-	if err := kms.DecodeResponse(blob, c.kms, &resp); err != nil {
+	if err := kms.DecodeResponse(blob, &c.KMS.Req, &resp); err != nil {
 		k.Error = kms.Reason(err)
 		return k
 	}
