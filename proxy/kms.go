@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kmsproxy/kmsproxy/assoc"
+	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 )
@@ -178,7 +179,7 @@ func newKMSWatch() *kmsWatch {
 	return &kmsWatch{byID: make(map[rpcparse.UUID]*list.Element), order: list.New()}
 }
 
-func (w *kmsWatch) observe(s *session, rt *Runtime, kc *kmsCall) {
+func (w *kmsWatch) observe(s *session, rt *config.Runtime, kc *kmsCall) {
 	cfg := rt.Config.KMSWatch
 	now := time.Now()
 	r := kc.req

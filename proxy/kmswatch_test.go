@@ -40,7 +40,7 @@ var (
 type watchRig struct {
 	t    *testing.T
 	srv  *Server
-	rt   *Runtime
+	rt   *config.Runtime
 	logs *observer.ObservedLogs
 	conn uint64
 }
@@ -63,7 +63,7 @@ kms_watch: ` + kmsWatch + "\n"
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := NewRuntime(cfg)
+	rt, err := config.NewRuntime(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,9 +14,9 @@ import (
 // logged with every problem.
 func (s *Server) Reload(path string) error {
 	cfg, err := config.Load(path)
-	var rt *Runtime
+	var rt *config.Runtime
 	if err == nil {
-		rt, err = NewRuntime(cfg)
+		rt, err = config.NewRuntime(cfg)
 	}
 	if err != nil {
 		f := []zap.Field{zap.String("file.path", path), zap.String("error.message", err.Error())}

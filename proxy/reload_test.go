@@ -49,7 +49,7 @@ func startServer(t *testing.T, text string) (*Server, string, *observer.Observed
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := NewRuntime(cfg)
+	rt, err := config.NewRuntime(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,32 +16,6 @@ import (
 	"github.com/kmsproxy/kmsproxy/config"
 )
 
-// Runtime is one immutable generation of configuration and compiled policy.
-// Every decision loads the current Runtime, so a reload takes effect on the
-// next PDU of connections already open.
-type Runtime struct {
-	Config *config.Config
-	Policy *acl.Policy
-	Shadow *acl.Policy // candidate policy, never enforced; nil without one
-}
-
-// NewRuntime builds a Runtime from a validated config, loading and
-// compiling the shadow policy file when one is configured.
-func NewRuntime(cfg *config.Config) (*Runtime, error) {
-	rt := &Runtime{Config: cfg, Policy: cfg.Policy}
-	if rt.Policy == nil {
-		return nil, fmt.Errorf("proxy: config %q has no compiled policy", cfg.Path)
-	}
-	if cfg.Shadow.Config != "" {
-		sc, err := config.Load(cfg.Shadow.Config)
-		if err != nil {
-			return nil, fmt.Errorf("shadow policy %s: %w", cfg.Shadow.Config, err)
-		}
-		rt.Shadow = sc.Policy
-	}
-	return rt, nil
-}
-
 // Dialer connects to an upstream KMS host. Tests inject their own.
 type Dialer func(ctx context.Context, network, address string) (net.Conn, error)
 
@@ -49,7 +23,7 @@ type Dialer func(ctx context.Context, network, address string) (net.Conn, error)
 type Server struct {
 	log     *zap.Logger
 	metrics *Metrics
-	rt      atomic.Pointer[Runtime]
+	rt      atomic.Pointer[config.Runtime]
 	dial    Dialer
 
 	nextID     atomic.Uint64
@@ -70,7 +44,7 @@ type Server struct {
 }
 
 // New returns a server enforcing rt. metrics may be nil.
-func New(rt *Runtime, log *zap.Logger, metrics *Metrics) *Server {
+func New(rt *config.Runtime, log *zap.Logger, metrics *Metrics) *Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -108,10 +82,10 @@ func New(rt *Runtime, log *zap.Logger, metrics *Metrics) *Server {
 func (s *Server) SetDialer(d Dialer) { s.dial = d }
 
 // Runtime returns the policy generation in force.
-func (s *Server) Runtime() *Runtime { return s.rt.Load() }
+func (s *Server) Runtime() *config.Runtime { return s.rt.Load() }
 
 // SetRuntime swaps in a new policy generation atomically.
-func (s *Server) SetRuntime(rt *Runtime) { s.rt.Store(rt) }
+func (s *Server) SetRuntime(rt *config.Runtime) { s.rt.Store(rt) }
 
 // Metrics returns the server's metric set.
 func (s *Server) Metrics() *Metrics { return s.metrics }
@@ -204,7 +178,7 @@ func (s *Server) admit(c net.Conn) {
 
 // admitFrom admits c as a connection from src to dst; extra fields go on
 // every event of the connection.
-func (s *Server) admitFrom(rt *Runtime, c net.Conn, src, dst netip.AddrPort, extra ...zap.Field) {
+func (s *Server) admitFrom(rt *config.Runtime, c net.Conn, src, dst netip.AddrPort, extra ...zap.Field) {
 	id := s.nextID.Add(1)
 	zone := rt.Policy.Zone(src.Addr())
 	// The connection's fields go on each event; a logger holding them is

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kmsproxy/kmsproxy/acl"
 	"github.com/kmsproxy/kmsproxy/assoc"
+	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 
@@ -87,13 +88,13 @@ func (s *session) rateAllow() bool {
 
 // envFor is what the association consults for one PDU: the policy in
 // force when it arrived.
-func (s *session) envFor(rt *Runtime) *assoc.Env {
+func (s *session) envFor(rt *config.Runtime) *assoc.Env {
 	s.env = assoc.Env{Policy: rt.Policy, Shadow: rt.Shadow, MaxCallBytes: rt.Config.Limits.MaxCallBytes,
 		MaxContexts: rt.Config.Limits.MaxContexts, Src: s.src.Addr(), RateOK: s.rateOK}
 	return &s.env
 }
 
-func (s *session) runtime() *Runtime { return s.srv.rt.Load() }
+func (s *session) runtime() *config.Runtime { return s.srv.rt.Load() }
 
 // idleParkAfter is how long a bound client may sit quiet between calls
 // before its session is parked (no goroutine, no buffers) until it sends
@@ -231,7 +232,7 @@ func (s *session) detachBuffers() bool {
 
 // parkIdle hands a quiet bound session to the parker until the client
 // sends again or its idle timeout passes.
-func (s *session) parkIdle(rt *Runtime) bool {
+func (s *session) parkIdle(rt *config.Runtime) bool {
 	if !s.detachBuffers() {
 		return false
 	}
@@ -284,13 +285,13 @@ func (s *session) halfClose() {
 
 // handleClientPDU runs one client PDU through the association and acts on
 // its step; it returns false when the connection must end.
-func (s *session) handleClientPDU(rt *Runtime, p *rpcparse.PDU, frag []byte) bool {
+func (s *session) handleClientPDU(rt *config.Runtime, p *rpcparse.PDU, frag []byte) bool {
 	return s.act(rt, p, s.a.Client(s.envFor(rt), p, frag))
 }
 
 // act carries out a client step: the one place that logs, counts,
 // answers, forwards and closes.
-func (s *session) act(rt *Runtime, p *rpcparse.PDU, st assoc.Step) bool {
+func (s *session) act(rt *config.Runtime, p *rpcparse.PDU, st assoc.Step) bool {
 	if st.Shadow != nil {
 		s.shadowCompare(p, st.Decision, *st.Shadow)
 	}
@@ -373,7 +374,7 @@ func (s *session) writeClient(b []byte) error {
 
 // connectUpstream dials the upstreams in order; on failure the client gets
 // bind_nak "temporary congestion" and the connection ends.
-func (s *session) connectUpstream(rt *Runtime, p *rpcparse.PDU) bool {
+func (s *session) connectUpstream(rt *config.Runtime, p *rpcparse.PDU) bool {
 	if !s.srv.takeFD() {
 		// Unbound clients hold one descriptor each; a bind that would need
 		// a second past the budget is refused rather than dialled.

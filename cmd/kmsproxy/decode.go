@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmsproxy/kmsproxy/proxy/capture"
+	"github.com/kmsproxy/kmsproxy/capture"
 )
 
 func init() {

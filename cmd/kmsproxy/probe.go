@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmsproxy/kmsproxy/proxy/probe"
+	"github.com/kmsproxy/kmsproxy/probe"
 )
 
 func init() {

@@ -9,9 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kmsproxy/kmsproxy/capture"
 	"github.com/kmsproxy/kmsproxy/config"
-	"github.com/kmsproxy/kmsproxy/proxy/capture"
-	"github.com/kmsproxy/kmsproxy/proxy/replay"
+	"github.com/kmsproxy/kmsproxy/replay"
 )
 
 func init() {

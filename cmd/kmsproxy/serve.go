@@ -77,7 +77,7 @@ func serve(path string) error {
 		// Fail closed: an invalid config never starts a proxy.
 		return &exitError{code: 1, err: err}
 	}
-	rt, err := proxy.NewRuntime(cfg)
+	rt, err := config.NewRuntime(cfg)
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
@@ -194,7 +194,7 @@ func newCheckCommand() *cobra.Command {
 				}
 				return &exitError{code: 1, err: err}
 			}
-			if _, err := proxy.NewRuntime(cfg); err != nil {
+			if _, err := config.NewRuntime(cfg); err != nil {
 				return &exitError{code: 1, err: err}
 			}
 			cfg.WriteEffective(cmd.OutOrStdout())

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsproxy/kmsproxy/proxy/probe"
+	"github.com/kmsproxy/kmsproxy/probe"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 

@@ -13,9 +13,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmsproxy/kmsproxy/capture"
 	"github.com/kmsproxy/kmsproxy/config"
-	"github.com/kmsproxy/kmsproxy/proxy/capture"
-	"github.com/kmsproxy/kmsproxy/proxy/replay"
+	"github.com/kmsproxy/kmsproxy/replay"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 

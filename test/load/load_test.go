@@ -93,7 +93,7 @@ func startProxy(tb testing.TB, upstream string) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rt, err := proxy.NewRuntime(cfg)
+	rt, err := config.NewRuntime(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}

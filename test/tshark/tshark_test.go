@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kmsproxy/kmsproxy/proxy/capture"
+	"github.com/kmsproxy/kmsproxy/capture"
 	"github.com/kmsproxy/kmsproxy/test/corpus"
 )
 

@@ -7,8 +7,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/kmsproxy/kmsproxy/capture"
 	"github.com/kmsproxy/kmsproxy/config"
-	"github.com/kmsproxy/kmsproxy/proxy/capture"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 

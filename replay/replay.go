@@ -32,9 +32,8 @@ import (
 
 	"github.com/kmsproxy/kmsproxy/acl"
 	"github.com/kmsproxy/kmsproxy/assoc"
+	"github.com/kmsproxy/kmsproxy/capture"
 	"github.com/kmsproxy/kmsproxy/config"
-	"github.com/kmsproxy/kmsproxy/proxy"
-	"github.com/kmsproxy/kmsproxy/proxy/capture"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 )
@@ -151,7 +150,7 @@ func (s *Summary) add(d *Decision) {
 // calling emit once per record. It loads cfg's shadow policy when one is
 // configured. An emit error stops the run and is returned.
 func Run(recs []capture.Record, cfg *config.Config, opt Options, emit func(*Decision) error) (*Summary, error) {
-	rt, err := proxy.NewRuntime(cfg)
+	rt, err := config.NewRuntime(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("replay: %w", err)
 	}

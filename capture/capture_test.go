@@ -16,7 +16,7 @@ import (
 )
 
 // captureDir holds the real KMS captures, in the repository (see its README.md).
-const captureDir = "../../testdata/kms"
+const captureDir = "../testdata/kms"
 
 var (
 	cli = netip.MustParseAddrPort("10.0.0.1:50000")
