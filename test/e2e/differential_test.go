@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/capture"
+	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/replay"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
