@@ -1,41 +1,25 @@
 package rpcparse
 
 import (
-	"bufio"
 	"bytes"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/kmsproxy/kmsproxy/test/captures"
 )
 
 // captureDir holds the real KMS captures, in the repository (see its README.md).
 const captureDir = "../testdata/kms"
 
-// readHexPDUs returns the PDUs of a .hex capture file, one per line.
+// readHexPDUs returns the PDUs of a .hex capture file, one per line
+// (test/captures is the one reader every test uses).
 func readHexPDUs(t testing.TB, path string) [][]byte {
 	t.Helper()
-	f, err := os.Open(path)
+	out, err := captures.ReadHex(path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	var out [][]byte
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		b, err := hex.DecodeString(line)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		out = append(out, b)
 	}
 	return out
 }

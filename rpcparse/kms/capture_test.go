@@ -1,7 +1,6 @@
 package kms_test
 
 import (
-	"bufio"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/kmsproxy/kmsproxy/test/captures"
 
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
@@ -39,24 +40,9 @@ type block struct {
 
 func readHexLines(t testing.TB, path string) [][]byte {
 	t.Helper()
-	f, err := os.Open(path)
+	out, err := captures.ReadHex(path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	var out [][]byte
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" {
-			continue
-		}
-		b, err := hex.DecodeString(line)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		out = append(out, b)
 	}
 	return out
 }

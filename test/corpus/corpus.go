@@ -13,9 +13,9 @@
 package corpus
 
 import (
-	"bufio"
+	"github.com/kmsproxy/kmsproxy/test/captures"
+
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/netip"
@@ -467,27 +467,9 @@ func (g *gen) replayCaptures(dir string) error {
 }
 
 func readHex(path string) ([][]byte, error) {
-	f, err := os.Open(path)
+	out, err := captures.ReadHex(path)
 	if err != nil {
 		return nil, fmt.Errorf("corpus: %w", err)
-	}
-	defer f.Close()
-	var out [][]byte
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 1<<16), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		b, err := hex.DecodeString(line)
-		if err != nil {
-			return nil, fmt.Errorf("corpus: %s: %w", path, err)
-		}
-		out = append(out, b)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("corpus: %s: %w", path, err)
 	}
 	return out, nil
 }

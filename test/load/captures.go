@@ -13,10 +13,10 @@
 package load
 
 import (
-	"bufio"
+	"github.com/kmsproxy/kmsproxy/test/captures"
+
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -87,31 +87,19 @@ func DefaultCaptureDir() string {
 	return filepath.Join("testdata", "kms")
 }
 
-// ReadHex reads one hex-encoded PDU per line.
+// ReadHex reads one hex-encoded PDU per line (test/captures' reader) and
+// checks each is one little-endian PDU, which the lean host relies on.
 func ReadHex(path string) ([][]byte, error) {
-	f, err := os.Open(path)
+	out, err := captures.ReadHex(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var out [][]byte
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		b, err := hex.DecodeString(line)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
+	for _, b := range out {
 		if len(b) < headerLen || int(binary.LittleEndian.Uint16(b[8:10])) != len(b) {
 			return nil, fmt.Errorf("%s: line is not one little-endian PDU", path)
 		}
-		out = append(out, b)
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // LoadCaptures reads every NAME.c2s.hex / NAME.s2c.hex pair in dir.
