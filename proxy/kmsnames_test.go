@@ -1,105 +1,25 @@
 package proxy
 
 import (
-	"regexp"
 	"testing"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/kmsproxy/kmsproxy/acl"
 	"github.com/kmsproxy/kmsproxy/assoc"
+	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
-	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 	"github.com/kmsproxy/kmsproxy/test/kmsgen"
 )
 
-var guidText = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
-func fieldMap(fs []zap.Field) map[string]any {
-	enc := zapcore.NewMapObjectEncoder()
-	for _, f := range fs {
-		f.AddTo(enc)
-	}
-	return enc.Fields
-}
-
-// An application, SKU or KMS counted ID the name tables do not know is
-// shown as its GUID text, so an event still says what was asked for; a known
-// one is shown by name. The metric label stays a fixed token.
-func TestKMSUnknownIDsRenderedAsGUID(t *testing.T) {
-	unknownApp := rpcparse.MustUUID("a1b2c3d4-e5f6-4a0b-8c1d-2e3f4a5b6c7d")
-	unknownSKU := rpcparse.MustUUID("11223344-5566-4778-899a-abbccddeeff0")
-	unknownCounted := rpcparse.MustUUID("deadbeef-0bad-4f00-8d00-c0ffee000001")
-	if kms.ApplicationName(unknownApp) != "" || kms.SKUName(unknownSKU) != "" || kms.KMSCountedIDName(unknownCounted) != "" {
-		t.Fatal("the test's unknown IDs are in the name tables")
-	}
-
-	known := kmsgen.NewRequest(6)
-	unknown := known
-	unknown.ApplicationID, unknown.SKUID, unknown.KMSCountedID = unknownApp, unknownSKU, unknownCounted
-
-	kf := fieldMap(appendKMSRequestFields(nil, &kmsCall{req: &known}))
-	for k, want := range map[string]string{
-		"kms.application":      "windows",
-		"kms.application_id":   kmsgen.DefaultApplication.String(),
-		"kms.sku":              "Windows 10 Professional",
-		"kms.sku_id":           kmsgen.DefaultSKU.String(),
-		"kms.kms_counted_id":   kmsgen.DefaultKMSCountedID.String(),
-		"kms.kms_counted_name": kms.KMSCountedIDName(kmsgen.DefaultKMSCountedID),
-	} {
-		if kf[k] != want {
-			t.Errorf("known IDs: %s = %v, want %q", k, kf[k], want)
-		}
-	}
-	if kf["kms.kms_counted_name"] == "" {
-		t.Error("known KMS counted ID has no name")
-	}
-
-	uf := fieldMap(appendKMSRequestFields(nil, &kmsCall{req: &unknown}))
-	for k, id := range map[string]rpcparse.UUID{
-		"kms.application":    unknownApp,
-		"kms.application_id": unknownApp,
-		"kms.sku":            unknownSKU,
-		"kms.sku_id":         unknownSKU,
-		"kms.kms_counted_id": unknownCounted,
-	} {
-		s, _ := uf[k].(string)
-		if !guidText.MatchString(s) || s != id.String() {
-			t.Errorf("unknown IDs: %s = %v, want the GUID text %s", k, uf[k], id)
-		}
-	}
-	// No name may be invented for an unknown counted ID; today the name
-	// field is empty and the GUID is in kms.kms_counted_id.
-	if n := uf["kms.kms_counted_name"]; n != unknownCounted.String() {
-		t.Errorf("unknown KMS counted ID: kms.kms_counted_name = %v", n)
-	}
-	// Everything else is unchanged by the unknown IDs.
-	for _, k := range []string{"kms.version", "kms.client_machine_id", "kms.workstation", "kms.license_status", "kms.required_count"} {
-		if uf[k] != kf[k] {
-			t.Errorf("%s = %v with unknown IDs, %v with known ones", k, uf[k], kf[k])
-		}
-	}
-
-	// The metric label is a bounded token, never the GUID.
-	if l := applicationLabel(&kmsCall{req: &unknown}); l != "other" {
-		t.Errorf("application label for an unknown application = %q, want other", l)
-	}
-	if l := applicationLabel(&kmsCall{req: &known}); l != "windows" {
-		t.Errorf("application label for Windows = %q", l)
-	}
-}
-
 // The kms-activation event a session logs carries the same GUID text.
 func TestKMSActivationEventUnknownApplication(t *testing.T) {
-	r := newWatchRig(t, "{ duplicate_window: 1h, max_clock_skew: 4h, max_tracked: 100 }")
+	r := newSessionRig(t, "{ duplicate_window: 1h, max_clock_skew: 4h, max_tracked: 100 }")
 	req := kmsgen.NewRequest(5)
 	req.ApplicationID = rpcparse.MustUUID("a1b2c3d4-e5f6-4a0b-8c1d-2e3f4a5b6c7d")
 	req.SKUID = rpcparse.MustUUID("11223344-5566-4778-899a-abbccddeeff0")
 	s := r.session(watchSrcA)
 	c := &assoc.Call{ID: 2, Rule: acl.Decision{Rule: "kms-activation"}, KMS: &assoc.KMSCall{Req: req}}
 	s.finishKMSCall(c, false) // the connection ended before the reply
-	evs := r.events(ActionKMSActivation)
+	evs := r.events(event.ActionKMSActivation)
 	if len(evs) != 1 {
 		t.Fatalf("%d kms-activation events", len(evs))
 	}

@@ -25,6 +25,8 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
+
+	"github.com/kmsproxy/kmsproxy/event"
 )
 
 // Failure classes of the PROXY header path; both end the connection with
@@ -59,11 +61,12 @@ func (s *Server) admitProxied(c net.Conn, peer, local netip.AddrPort) {
 	conn, src, dst, err := readProxyHeader(c, rt.Config.ProxyProtocol.HeaderTimeout, peer, local)
 	if err != nil {
 		id := s.nextID.Add(1)
-		f := append(connFields(id, peer, local, ""), eventFields(ActionConnectionRefused, "failure", ReasonProxyHeader)...)
-		f = append(f, zap.String("error.message", err.Error()))
-		s.log.Warn("connection refused", f...)
-		s.metrics.Connections.WithLabelValues(zoneLabel(""), "refused").Inc()
-		s.metrics.Decisions.WithLabelValues(ActionConnectionRefused, ReasonProxyHeader).Inc()
+		// The connection's fields come first here: it never became a session.
+		ev := event.New(event.ActionConnectionRefused, event.OutcomeFailure, event.ReasonProxyHeader)
+		ev.Fields = append(event.ConnFields(id, peer, local, ""), ev.Fields...)
+		ev.Add(zap.String("error.message", err.Error()))
+		s.emit.Decision(zap.WarnLevel, "connection refused", ev)
+		s.metrics.Connections.WithLabelValues(event.ZoneLabel(""), "refused").Inc()
 		c.Close()
 		return
 	}

@@ -2,11 +2,11 @@ package proxy
 
 import (
 	"errors"
-	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
 )
 
 // Reload loads path, validates everything, and only then swaps the new
@@ -28,11 +28,11 @@ func (s *Server) Reload(path string) error {
 			}
 			f = append(f, zap.Strings("kmsproxy.config.problems", problems))
 		}
-		s.log.Error("config reload failed; keeping the running policy",
-			append(configEventFields(ActionConfigReloadFailed, "failure", "invalid-config"), f...)...)
+		ev := event.NewConfig(event.ActionConfigReloadFailed, event.OutcomeFailure, event.ReasonInvalidConfig)
+		ev.Add(f...)
+		s.emit.Decision(zap.ErrorLevel, "config reload failed; keeping the running policy", ev)
 		s.metrics.ConfigReloads.WithLabelValues("failure").Inc()
 		s.metrics.ConfigLastReload.Set(0)
-		s.metrics.Decisions.WithLabelValues(ActionConfigReloadFailed, "invalid-config").Inc()
 		return err
 	}
 	old := s.rt.Load()
@@ -41,18 +41,15 @@ func (s *Server) Reload(path string) error {
 			zap.String("kmsproxy.listen.current", old.Config.Listen), zap.String("kmsproxy.listen.new", cfg.Listen))
 	}
 	s.rt.Store(rt)
-	s.log.Info("config reloaded", append(configEventFields(ActionConfigReloaded, "success", ""),
-		zap.String("file.path", path), zap.Int("kmsproxy.config.rules", len(cfg.Rules)),
-		zap.Bool("kmsproxy.config.shadow", rt.Shadow != nil))...)
+	ev := event.NewConfig(event.ActionConfigReloaded, event.OutcomeSuccess, "")
+	ev.Add(zap.String("file.path", path), zap.Int("kmsproxy.config.rules", len(cfg.Rules)),
+		zap.Bool("kmsproxy.config.shadow", rt.Shadow != nil))
+	s.emit.Decision(zap.InfoLevel, "config reloaded", ev)
 	s.metrics.ConfigReloads.WithLabelValues("success").Inc()
 	s.metrics.ConfigLastReload.Set(1)
-	s.metrics.Decisions.WithLabelValues(ActionConfigReloaded, "").Inc()
 	s.warnIfAllowsNothing(cfg)
 	return nil
 }
-
-// ReasonNoAllowRule is policy-allows-nothing's event.reason.
-const ReasonNoAllowRule = "no-allow-rule"
 
 // warnIfAllowsNothing logs policy-allows-nothing when cfg, just installed
 // at start or by a reload, has no allow rule: such a policy is valid and
@@ -62,14 +59,7 @@ func (s *Server) warnIfAllowsNothing(cfg *config.Config) {
 	if !cfg.AllowsNothing() {
 		return
 	}
-	s.log.Warn("policy allows nothing: every connection is refused at accept",
-		append(configEventFields(ActionPolicyAllowsNothing, "unknown", ReasonNoAllowRule),
-			zap.String("file.path", cfg.Path), zap.Int("kmsproxy.config.rules", len(cfg.Rules)))...)
-	s.metrics.Decisions.WithLabelValues(ActionPolicyAllowsNothing, ReasonNoAllowRule).Inc()
-}
-
-func configEventFields(action, outcome, reason string) []zap.Field {
-	f := eventFields(action, outcome, reason)
-	f[1] = zap.Strings("event.category", []string{"network", "configuration"})
-	return append(f, zap.Time("kmsproxy.config.loaded_at", time.Now()))
+	ev := event.NewConfig(event.ActionPolicyAllowsNothing, event.OutcomeUnknown, event.ReasonNoAllowRule)
+	ev.Add(zap.String("file.path", cfg.Path), zap.Int("kmsproxy.config.rules", len(cfg.Rules)))
+	s.emit.Decision(zap.WarnLevel, "policy allows nothing: every connection is refused at accept", ev)
 }

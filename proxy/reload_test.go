@@ -14,7 +14,9 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/kmsproxy/kmsproxy/admin"
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
 )
 
 const reloadAllowConfig = `
@@ -54,14 +56,14 @@ func startServer(t *testing.T, text string) (*Server, string, *observer.Observed
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	return New(rt, zap.New(core), NewMetrics()), path, logs
+	return New(rt, zap.New(core), event.NewMetrics()), path, logs
 }
 
 // scrapeGauge fetches /metrics from the management handler and returns
 // the value of the unlabelled series name.
 func scrapeGauge(t *testing.T, srv *Server, name string) string {
 	t.Helper()
-	hs := httptest.NewServer(NewManagement(srv, 0).Handler())
+	hs := httptest.NewServer(admin.New(srv, 0).Handler())
 	defer hs.Close()
 	resp, err := http.Get(hs.URL + "/metrics")
 	if err != nil {
@@ -105,7 +107,7 @@ func TestConfigLastReloadSuccessfulFromStart(t *testing.T) {
 }
 
 func allowsNothingEvents(logs *observer.ObservedLogs) []observer.LoggedEntry {
-	return logs.FilterField(zap.String("event.action", ActionPolicyAllowsNothing)).All()
+	return logs.FilterField(zap.String("event.action", event.ActionPolicyAllowsNothing)).All()
 }
 
 // A deny-only policy is warned about when a server starts on it and when a
@@ -135,7 +137,7 @@ func TestPolicyAllowsNothingWarned(t *testing.T) {
 	if got := f["event.type"]; !equalStrings(got, "info") {
 		t.Errorf("event.type %v", got)
 	}
-	if n := decisionCount(t, srv.Metrics(), ActionPolicyAllowsNothing, ReasonNoAllowRule); n != 1 {
+	if n := decisionCount(t, srv.Metrics(), event.ActionPolicyAllowsNothing, event.ReasonNoAllowRule); n != 1 {
 		t.Errorf("decisions{policy-allows-nothing} = %v, want 1", n)
 	}
 

@@ -9,7 +9,7 @@ import (
 // What parking drops: the parsed PDU, the logger and the association's
 // scratch; a parked connection keeps only its state.
 func TestDetachDropsScratch(t *testing.T) {
-	r := newWatchRig(t, "{}")
+	r := newSessionRig(t, "{}")
 	s := r.session("192.0.2.7")
 	s.clientFr = rpcparse.NewFramer(nil, 5840)
 	s.clientPDU = new(rpcparse.PDU)

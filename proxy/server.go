@@ -14,6 +14,8 @@ import (
 
 	"github.com/kmsproxy/kmsproxy/acl"
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
+	"github.com/kmsproxy/kmsproxy/kmswatch"
 )
 
 // Dialer connects to an upstream KMS host. Tests inject their own.
@@ -22,14 +24,15 @@ type Dialer func(ctx context.Context, network, address string) (net.Conn, error)
 // Server accepts client connections and runs one session per connection.
 type Server struct {
 	log     *zap.Logger
-	metrics *Metrics
+	metrics *event.Metrics
+	emit    event.Emitter // log and metrics, for server-wide events
 	rt      atomic.Pointer[config.Runtime]
 	dial    Dialer
 
 	nextID     atomic.Uint64
 	lastDialOK atomic.Int64 // unix nanoseconds of the last successful upstream dial
 	rate       *rateLimiter
-	watch      *kmsWatch
+	watch      *kmswatch.Watch
 	parking    parker
 	fdBudget   int // descriptors connections may use (fdbudget.go); 0 = no cap
 
@@ -44,21 +47,22 @@ type Server struct {
 }
 
 // New returns a server enforcing rt. metrics may be nil.
-func New(rt *config.Runtime, log *zap.Logger, metrics *Metrics) *Server {
+func New(rt *config.Runtime, log *zap.Logger, metrics *event.Metrics) *Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
 	if metrics == nil {
-		metrics = NewMetrics()
+		metrics = event.NewMetrics()
 	}
 	s := &Server{
 		log:       log,
 		metrics:   metrics,
+		emit:      event.NewEmitter(log, metrics),
 		perSource: make(map[netip.Addr]int),
 		sessions:  make(map[*session]struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		rate:      newRateLimiter(),
-		watch:     newKMSWatch(),
+		watch:     kmswatch.New(),
 	}
 	s.rt.Store(rt)
 	if rt != nil {
@@ -88,7 +92,7 @@ func (s *Server) Runtime() *config.Runtime { return s.rt.Load() }
 func (s *Server) SetRuntime(rt *config.Runtime) { s.rt.Store(rt) }
 
 // Metrics returns the server's metric set.
-func (s *Server) Metrics() *Metrics { return s.metrics }
+func (s *Server) Metrics() *event.Metrics { return s.metrics }
 
 // LastUpstreamOK returns when an upstream was last reached, zero if never.
 func (s *Server) LastUpstreamOK() time.Time {
@@ -140,9 +144,9 @@ func (s *Server) Serve(ln net.Listener) error {
 				// Out of file descriptors or a transient error: say so and
 				// back off rather than spin.
 				backoff = min(max(backoff*2, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; backing off", append(eventFields(ActionConnectionRefused, "failure", ReasonFDBudget),
-					zap.Error(err), zap.Duration("kmsproxy.backoff", backoff))...)
-				s.metrics.Decisions.WithLabelValues(ActionConnectionRefused, ReasonFDBudget).Inc()
+				ev := event.New(event.ActionConnectionRefused, event.OutcomeFailure, event.ReasonFDBudget)
+				ev.Add(zap.Error(err), zap.Duration("kmsproxy.backoff", backoff))
+				s.emit.Decision(zap.WarnLevel, "accept failed; backing off", ev)
 				time.Sleep(backoff)
 				continue
 			}
@@ -184,16 +188,16 @@ func (s *Server) admitFrom(rt *config.Runtime, c net.Conn, src, dst netip.AddrPo
 	// The connection's fields go on each event; a logger holding them is
 	// made only when the session starts reading, so refused and parked
 	// connections cost no encoder clone.
-	fields := append(connFields(id, src, dst, zone), extra...)
+	fields := append(event.ConnFields(id, src, dst, zone), extra...)
 
 	refuse := func(reason, rule string) {
-		f := append(eventFields(ActionConnectionRefused, "failure", reason), fields...)
+		ev := event.New(event.ActionConnectionRefused, event.OutcomeFailure, reason)
+		ev.Add(fields...)
 		if rule != "" {
-			f = append(f, zap.String("rule.name", rule))
+			ev.Add(zap.String("rule.name", rule))
 		}
-		s.log.Info("connection refused", f...)
-		s.metrics.Connections.WithLabelValues(zoneLabel(zone), "refused").Inc()
-		s.metrics.Decisions.WithLabelValues(ActionConnectionRefused, reason).Inc()
+		s.emit.Decision(zap.InfoLevel, "connection refused", ev)
+		s.metrics.Connections.WithLabelValues(event.ZoneLabel(zone), "refused").Inc()
 		// Close with RST-less FIN: nothing has been read.
 		c.Close()
 	}
@@ -207,19 +211,19 @@ func (s *Server) admitFrom(rt *config.Runtime, c net.Conn, src, dst netip.AddrPo
 	switch {
 	case s.closing:
 		s.mu.Unlock()
-		refuse(ReasonShutdown, "")
+		refuse(event.ReasonShutdown, "")
 		return
 	case s.active >= lim.Connections:
 		s.mu.Unlock()
-		refuse(ReasonConnectionLimit, "")
+		refuse(event.ReasonConnectionLimit, "")
 		return
 	case s.fdBudget > 0 && s.fdsInUse >= s.fdBudget:
 		s.mu.Unlock()
-		refuse(ReasonFDBudget, "")
+		refuse(event.ReasonFDBudget, "")
 		return
 	case s.perSource[src.Addr()] >= lim.ConnectionsPerSource:
 		s.mu.Unlock()
-		refuse(ReasonSourceConnectionLimit, "")
+		refuse(event.ReasonSourceConnectionLimit, "")
 		return
 	}
 	s.active++
@@ -230,9 +234,11 @@ func (s *Server) admitFrom(rt *config.Runtime, c net.Conn, src, dst netip.AddrPo
 	s.wg.Add(1)
 	s.mu.Unlock()
 
-	s.metrics.Connections.WithLabelValues(zoneLabel(zone), "accepted").Inc()
+	s.metrics.Connections.WithLabelValues(event.ZoneLabel(zone), "accepted").Inc()
 	s.metrics.ConnectionsActive.Inc()
-	s.log.Info("connection accepted", append(eventFields(ActionConnectionAccepted, "success", ""), fields...)...)
+	ev := event.New(event.ActionConnectionAccepted, event.OutcomeSuccess, "")
+	ev.Add(fields...)
+	s.emit.Log(zap.InfoLevel, "connection accepted", ev)
 	s.start(sess)
 }
 
@@ -285,7 +291,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.unparkAll()
 	s.mu.Lock()
 	for sess := range s.sessions {
-		sess.abort(ReasonShutdown)
+		sess.abort(event.ReasonShutdown)
 	}
 	s.mu.Unlock()
 	<-done
@@ -299,25 +305,4 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
-
-func zoneLabel(z string) string {
-	if z == "" {
-		return "none"
-	}
-	return z
-}
-
-func connFields(id uint64, src, dst netip.AddrPort, zone string) []zap.Field {
-	return []zap.Field{
-		zap.String("source.ip", src.Addr().String()),
-		zap.Uint16("source.port", src.Port()),
-		zap.String("destination.ip", dst.Addr().String()),
-		zap.Uint16("destination.port", dst.Port()),
-		zap.String("network.transport", "tcp"),
-		zap.String("network.protocol", "dcerpc"),
-		zap.String("network.community_id", CommunityID(src, dst)),
-		zap.Uint64("kmsproxy.connection_id", id),
-		zap.String("kmsproxy.zone", zone),
-	}
 }

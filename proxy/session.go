@@ -15,6 +15,7 @@ import (
 	"github.com/kmsproxy/kmsproxy/acl"
 	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 
@@ -31,7 +32,7 @@ type session struct {
 	src    netip.AddrPort
 	dst    netip.AddrPort
 	zone   string
-	extra  []zap.Field // fields beyond connFields (PROXY protocol peer)
+	extra  []zap.Field // fields beyond event.ConnFields (PROXY protocol peer)
 	log    *zap.Logger // nil until run
 	start  time.Time
 
@@ -96,6 +97,11 @@ func (s *session) envFor(rt *config.Runtime) *assoc.Env {
 
 func (s *session) runtime() *config.Runtime { return s.srv.rt.Load() }
 
+// emit is the connection's event emitter: its logger (the connection's
+// fields on every event) and the server's metrics. Made per call, so a
+// session holds one pointer for it.
+func (s *session) emit() event.Emitter { return event.NewEmitter(s.log, s.srv.metrics) }
+
 // idleParkAfter is how long a bound client may sit quiet between calls
 // before its session is parked (no goroutine, no buffers) until it sends
 // again or its idle timeout passes. A LAN client's next PDU comes well
@@ -130,7 +136,7 @@ func (s *session) serve() (parked bool) {
 		canPark := false
 		if s.a.BindSeen() {
 			deadline = s.lastActive.Add(rt.Config.Limits.IdleTimeout)
-			if park := time.Now().Add(idleParkAfter); park.Before(deadline) && s.a.Idle() && s.clientFr.Buffered() == 0 {
+			if park := time.Now().Add(idleParkAfter); CanPark && park.Before(deadline) && s.a.Idle() && s.clientFr.Buffered() == 0 {
 				deadline, canPark = park, true
 			}
 		} else {
@@ -188,7 +194,7 @@ func isTimeout(err error) bool {
 // parked connection holds none of them).
 func (s *session) attachBuffers() {
 	if s.log == nil {
-		s.log = s.srv.log.With(append(connFields(s.id, s.src, s.dst, s.zone), s.extra...)...)
+		s.log = s.srv.log.With(append(event.ConnFields(s.id, s.src, s.dst, s.zone), s.extra...)...)
 	}
 	if s.clientPDU == nil {
 		s.clientPDU = new(rpcparse.PDU) // reused for every client PDU until parked
@@ -258,29 +264,29 @@ func (s *session) clientReadError(err error) {
 		s.halfClose()
 	case errors.As(err, &ne) && ne.Timeout():
 		if s.a.BindSeen() {
-			s.setReason(ReasonIdleTimeout)
+			s.setReason(event.ReasonIdleTimeout)
 			s.failOutstanding() // the client was idle waiting on the host
 		} else {
-			s.setReason(ReasonHandshakeTimeout)
+			s.setReason(event.ReasonHandshakeTimeout)
 		}
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		s.setReason("client-eof-mid-pdu")
+		s.setReason(event.ReasonClientEOFMidPDU)
 	case errors.Is(err, ErrUntrustedProxyHeader):
-		s.violation("client", ReasonProxyHeader, err, nil)
+		s.violation("client", event.ReasonProxyHeader, err, nil)
 	default:
 		var pe *rpcparse.ParseError
 		if errors.As(err, &pe) {
 			s.violation("client", rpcparse.Reason(err), err, nil)
 			return
 		}
-		s.setReason("client-read-error")
+		s.setReason(event.ReasonClientReadError)
 	}
 }
 
 // halfClose ends a connection whose client closed: every answer the
 // client asked for was relayed before its next read, so nothing is owed.
 func (s *session) halfClose() {
-	s.setReason("client-closed")
+	s.setReason(event.ReasonClientClosed)
 }
 
 // handleClientPDU runs one client PDU through the association and acts on
@@ -320,7 +326,7 @@ func (s *session) act(rt *config.Runtime, p *rpcparse.PDU, st assoc.Step) bool {
 		return s.forward(st.Out) // auth3 has no answer
 	}
 	if c := st.Call; c != nil && c.KMS != nil && c.KMS.DecodeErr == nil {
-		s.srv.watch.observe(s, rt, kmsCallOf(c))
+		s.srv.watch.Observe(s.emit(), rt.Config.KMSWatch, s.src.Addr(), &c.KMS.Req, c.Rule.Rule)
 	}
 	s.callStart = time.Now()
 	return s.forward(st.Out) && s.awaitHost()
@@ -331,21 +337,21 @@ func (s *session) refuse(p *rpcparse.PDU, st assoc.Step) {
 	d := st.Decision
 	switch st.Stage {
 	case assoc.StageBind:
-		s.refusalEvent(ActionBindRefused, d, p, appendBindFields(nil, p)...)
+		s.refusalEvent(event.ActionBindRefused, d, p, event.AppendBind(nil, p)...)
 	case assoc.StageAuth3:
-		s.refusalEvent(ActionBindRefused, d, p, append(appendAuthFields(nil, p),
-			zap.String("dcerpc.interface.uuid", uuidText(st.Iface.UUID)),
+		s.refusalEvent(event.ActionBindRefused, d, p, append(event.AppendAuth(nil, p),
+			zap.String("dcerpc.interface.uuid", event.UUIDText(st.Iface.UUID)),
 			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(st.Iface.UUID)))...)
 	case assoc.StageRate:
-		s.refusalEvent(ActionRateLimited, d, p, appendRequestFields(nil, s, p)...)
+		s.refusalEvent(event.ActionRateLimited, d, p, appendRequestFields(nil, s, p)...)
 	default:
 		f := appendRequestFields(nil, s, p)
 		if c := st.Call; c != nil && c.KMS != nil {
 			kc := kmsCallOf(c)
-			f = appendKMSRequestFields(f, kc)
-			s.srv.metrics.KMSActivations.WithLabelValues(applicationLabel(kc), versionLabel(kc), "refused").Inc()
+			f = event.AppendKMSRequest(f, kc.req, kc.decodeErr)
+			s.srv.metrics.KMSActivations.WithLabelValues(event.ApplicationLabel(kc.req, kc.decodeErr), event.VersionLabel(kc.req), event.KMSResultRefused).Inc()
 		}
-		s.refusalEvent(ActionRequestRefused, d, p, f...)
+		s.refusalEvent(event.ActionRequestRefused, d, p, f...)
 	}
 	s.setReason(d.Reason)
 	if st.Answer != nil && s.onDenyReject() {
@@ -358,10 +364,10 @@ func (s *session) forward(b []byte) bool {
 	rt := s.runtime()
 	s.upstream.SetWriteDeadline(time.Now().Add(rt.Config.Limits.IdleTimeout))
 	if _, err := s.upstream.Write(b); err != nil {
-		s.setReason("upstream-write-error")
+		s.setReason(event.ReasonUpstreamWriteError)
 		return false
 	}
-	s.srv.metrics.bytesToHost.Add(float64(len(b)))
+	s.srv.metrics.AddBytesToHost(len(b))
 	return true
 }
 
@@ -378,11 +384,10 @@ func (s *session) connectUpstream(rt *config.Runtime, p *rpcparse.PDU) bool {
 	if !s.srv.takeFD() {
 		// Unbound clients hold one descriptor each; a bind that would need
 		// a second past the budget is refused rather than dialled.
-		f := eventFields(ActionUpstreamUnavailable, "failure", ReasonFDBudget)
-		s.log.Warn("no file descriptor left for an upstream connection", f...)
-		s.srv.metrics.Decisions.WithLabelValues(ActionUpstreamUnavailable, ReasonFDBudget).Inc()
+		s.emit().Decision(zap.WarnLevel, "no file descriptor left for an upstream connection",
+			event.New(event.ActionUpstreamUnavailable, event.OutcomeFailure, event.ReasonFDBudget))
 		s.writeClient(rpcparse.AppendBindNak(nil, p.DataRep, p.CallID, rpcparse.NakTemporaryCongestion))
-		s.setReason(ReasonFDBudget)
+		s.setReason(event.ReasonFDBudget)
 		return false
 	}
 	timeout := rt.Config.Limits.UpstreamConnectTimeout
@@ -404,25 +409,26 @@ func (s *session) connectUpstream(rt *config.Runtime, p *rpcparse.PDU) bool {
 		s.upMu.Unlock()
 		if s.closed.Load() { // Shutdown aborted us while dialling
 			c.Close()
-			s.setReason(ReasonShutdown)
+			s.setReason(event.ReasonShutdown)
 			return false
 		}
 		s.hostBuf = getBuffer(hostFrameSize(s.maxFrg))
-		s.hostFr = rpcparse.NewFramerBuffer(countingReader{c, &s.hostBytes}, *s.hostBuf)
-		s.hostPDU = new(rpcparse.PDU)
+		// The framer reads the host through its poller, which may hold a
+		// byte it probed (park_other.go).
 		s.hostPoll = newHostPoller(c)
+		s.hostFr = rpcparse.NewFramerBuffer(countingReader{s.hostPoll.source(), &s.hostBytes}, *s.hostBuf)
+		s.hostPDU = new(rpcparse.PDU)
 		return true
 	}
 	s.srv.releaseFD()
-	f := eventFields(ActionUpstreamUnavailable, "failure", ReasonUpstreamUnreachable)
-	f = append(f, zap.Strings("kmsproxy.upstreams", rt.Config.Upstreams))
+	ev := event.New(event.ActionUpstreamUnavailable, event.OutcomeFailure, event.ReasonUpstreamUnreachable)
+	ev.Add(zap.Strings("kmsproxy.upstreams", rt.Config.Upstreams))
 	if lastErr != nil {
-		f = append(f, zap.String("error.message", lastErr.Error()))
+		ev.Add(zap.String("error.message", lastErr.Error()))
 	}
-	s.log.Warn("no upstream reachable", f...)
-	s.srv.metrics.Decisions.WithLabelValues(ActionUpstreamUnavailable, ReasonUpstreamUnreachable).Inc()
+	s.emit().Decision(zap.WarnLevel, "no upstream reachable", ev)
 	s.writeClient(rpcparse.AppendBindNak(nil, p.DataRep, p.CallID, rpcparse.NakTemporaryCongestion))
-	s.setReason(ReasonUpstreamUnreachable)
+	s.setReason(event.ReasonUpstreamUnreachable)
 	return false
 }
 
@@ -436,16 +442,15 @@ func (s *session) violation(dir, reason string, err error, p *rpcparse.PDU) {
 	if s.closed.Load() {
 		return
 	}
-	f := eventFields(ActionProtocolViolation, "failure", reason)
-	f = append(f, zap.String("network.direction", directionECS(dir)))
+	ev := event.New(event.ActionProtocolViolation, event.OutcomeFailure, reason)
+	ev.Add(zap.String("network.direction", directionECS(dir)))
 	if p != nil {
-		f = append(f, zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
+		ev.Add(zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
 	}
 	if err != nil {
-		f = append(f, zap.String("error.message", err.Error()))
+		ev.Add(zap.String("error.message", err.Error()))
 	}
-	s.log.Warn("protocol violation", f...)
-	s.srv.metrics.Decisions.WithLabelValues(ActionProtocolViolation, reason).Inc()
+	s.emit().Decision(zap.WarnLevel, "protocol violation", ev)
 	s.setReason(reason)
 }
 
@@ -457,48 +462,20 @@ func directionECS(dir string) string {
 }
 
 func (s *session) refusalEvent(action string, d acl.Decision, p *rpcparse.PDU, extra ...zap.Field) {
-	f := eventFields(action, "failure", d.Reason)
+	ev := event.New(action, event.OutcomeFailure, d.Reason)
 	if d.Rule != "" {
-		f = append(f, zap.String("rule.name", d.Rule))
+		ev.Add(zap.String("rule.name", d.Rule))
 	}
-	f = append(f, zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
-	f = append(f, extra...)
-	s.log.Info(action, f...)
-	s.srv.metrics.Decisions.WithLabelValues(action, d.Reason).Inc()
+	ev.Add(zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
+	ev.Add(extra...)
+	s.emit().Decision(zap.InfoLevel, action, ev)
 }
 
 func (s *session) logBind(p *rpcparse.PDU, d acl.Decision) {
-	f := eventFields(ActionBindAllowed, "success", "")
-	f = append(f, zap.String("rule.name", d.Rule), zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
-	f = appendBindFields(f, p)
-	s.log.Info(ActionBindAllowed, f...)
-	s.srv.metrics.bindAllowed.Inc()
-}
-
-// appendBindFields adds a bind's first context and its auth to f.
-func appendBindFields(f []zap.Field, p *rpcparse.PDU) []zap.Field {
-	it := p.Bind.Contexts()
-	if it.Next() {
-		c := it.Context()
-		f = append(f,
-			zap.String("dcerpc.interface.uuid", uuidText(c.Abstract.UUID)),
-			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(c.Abstract.UUID)),
-			zap.String("dcerpc.interface.version", versionString(c.Abstract)),
-		)
-	}
-	f = append(f, zap.Uint8("dcerpc.context_count", p.Bind.NumContexts))
-	return appendAuthFields(f, p)
-}
-
-func appendAuthFields(f []zap.Field, p *rpcparse.PDU) []zap.Field {
-	if !p.HasAuth {
-		return append(f, zap.String("dcerpc.auth.type", "none"))
-	}
-	return append(f,
-		zap.String("dcerpc.auth.type", p.Auth.Type.String()),
-		zap.String("dcerpc.auth.level", p.Auth.Level.String()),
-		zap.String("kmsproxy.auth_class", rpcparse.ClassifyAuth(p).String()),
-	)
+	ev := event.New(event.ActionBindAllowed, event.OutcomeSuccess, "")
+	ev.Add(zap.String("rule.name", d.Rule), zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
+	ev.Fields = event.AppendBind(ev.Fields, p)
+	s.emit().Decision(zap.InfoLevel, event.ActionBindAllowed, ev) // counted as reason "allowed"
 }
 
 func appendRequestFields(f []zap.Field, s *session, p *rpcparse.PDU) []zap.Field {
@@ -508,39 +485,12 @@ func appendRequestFields(f []zap.Field, s *session, p *rpcparse.PDU) []zap.Field
 	)
 	if ctx, ok := s.a.Context(p.Request.ContextID); ok {
 		f = append(f,
-			zap.String("dcerpc.interface.uuid", uuidText(ctx.Iface.UUID)),
+			zap.String("dcerpc.interface.uuid", event.UUIDText(ctx.Iface.UUID)),
 			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(ctx.Iface.UUID)),
-			zap.String("dcerpc.interface.version", versionString(ctx.Iface)),
+			zap.String("dcerpc.interface.version", event.VersionText(ctx.Iface)),
 		)
 	}
-	return appendAuthFields(f, p)
-}
-
-func versionString(s rpcparse.SyntaxID) string {
-	if s.Major < 10 && s.Minor < 10 {
-		return smallVersions[s.Major*10+s.Minor] // no allocation for the usual x.y
-	}
-	return itoa(int(s.Major)) + "." + itoa(int(s.Minor))
-}
-
-var smallVersions = func() (v [100]string) {
-	for i := range v {
-		v[i] = itoa(i/10) + "." + itoa(i%10)
-	}
-	return v
-}()
-
-func itoa(n int) string {
-	var b [12]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-		if n == 0 {
-			return string(b[i:])
-		}
-	}
+	return event.AppendAuth(f, p)
 }
 
 // ---- host side ----
@@ -582,10 +532,10 @@ func (s *session) relayHostPDU(frag []byte) bool {
 		s.finishKMSCall(c, true)
 	}
 	if err := s.writeClient(frag); err != nil {
-		s.setReason("client-write-error")
+		s.setReason(event.ReasonClientWriteError)
 		return false
 	}
-	s.srv.metrics.bytesToClient.Add(float64(len(frag)))
+	s.srv.metrics.AddBytesToClient(len(frag))
 	return true
 }
 
@@ -596,15 +546,15 @@ func (s *session) hostReadError(err error) {
 	var ne net.Error
 	switch {
 	case errors.Is(err, io.EOF):
-		s.setReason("upstream-closed")
+		s.setReason(event.ReasonUpstreamClosed)
 	case errors.As(err, &ne) && ne.Timeout():
-		s.setReason(ReasonIdleTimeout)
+		s.setReason(event.ReasonIdleTimeout)
 	default:
 		var pe *rpcparse.ParseError
 		if errors.As(err, &pe) {
 			s.violation("host", rpcparse.Reason(err), err, nil)
 		} else {
-			s.setReason("upstream-read-error")
+			s.setReason(event.ReasonUpstreamReadError)
 		}
 	}
 	s.failOutstanding()
@@ -654,7 +604,8 @@ const unsolicitedWait = 50 * time.Millisecond
 // hostQuiet checks what the host sent that nobody asked for and reports
 // whether the association may go on. Such PDUs never reach the client (the
 // host is read only while the client waits for an answer); a shutdown is
-// relayed, anything else is a violation. One poll(2) when nothing waits.
+// relayed, anything else is a violation. One poll(2) when nothing waits
+// (on the portable build a one-byte read waiting probeWait, park_other.go).
 func (s *session) hostQuiet() bool {
 	for s.hostFr.Buffered() > 0 || s.hostPoll.readable() {
 		s.upstream.SetReadDeadline(time.Now().Add(unsolicitedWait))
@@ -665,9 +616,9 @@ func (s *session) hostQuiet() bool {
 			case errors.As(err, &pe):
 				s.violation("host", rpcparse.Reason(err), err, nil)
 			case errors.Is(err, io.EOF):
-				s.setReason("upstream-closed")
+				s.setReason(event.ReasonUpstreamClosed)
 			default:
-				s.setReason("upstream-read-error")
+				s.setReason(event.ReasonUpstreamReadError)
 			}
 			return false
 		}
@@ -703,8 +654,8 @@ func (s *session) finish() {
 	}
 	s.a.Release()
 	reason, _ := s.closeReason.Load().(string)
-	f := eventFields(ActionConnectionClosed, "success", "")
-	f = append(f,
+	ev := event.New(event.ActionConnectionClosed, event.OutcomeSuccess, "")
+	ev.Add(
 		zap.Duration("event.duration", time.Since(s.start)),
 		zap.Int64("source.bytes", s.clientBytes.Load()),
 		zap.Int64("destination.bytes", s.hostBytes.Load()),
@@ -713,9 +664,9 @@ func (s *session) finish() {
 		zap.String("kmsproxy.close_reason", reason),
 	)
 	if s.upstreamAddr != "" {
-		f = append(f, zap.String("kmsproxy.upstream", s.upstreamAddr))
+		ev.Add(zap.String("kmsproxy.upstream", s.upstreamAddr))
 	}
-	s.log.Info("connection closed", f...)
+	s.emit().Log(zap.InfoLevel, "connection closed", ev)
 }
 
 // countingReader counts bytes read from a connection.

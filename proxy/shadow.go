@@ -4,6 +4,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 )
 
@@ -16,8 +17,8 @@ func (s *session) shadowCompare(p *rpcparse.PDU, live, shadow acl.Decision) {
 	if live.Verdict == shadow.Verdict {
 		return
 	}
-	f := eventFields(ActionShadowDecision, "unknown", shadow.Reason)
-	f = append(f,
+	ev := event.New(event.ActionShadowDecision, event.OutcomeUnknown, shadow.Reason)
+	ev.Add(
 		zap.String("rule.name", live.Rule),
 		zap.String("kmsproxy.live.verdict", verdictName(live.Verdict)),
 		zap.String("kmsproxy.live.reason", live.Reason),
@@ -27,9 +28,8 @@ func (s *session) shadowCompare(p *rpcparse.PDU, live, shadow acl.Decision) {
 		zap.String("dcerpc.ptype", p.Type.String()),
 		zap.Uint32("dcerpc.call_id", p.CallID),
 	)
-	s.log.Info(ActionShadowDecision, f...)
+	s.emit().Decision(zap.InfoLevel, event.ActionShadowDecision, ev)
 	s.srv.metrics.ShadowDifferences.WithLabelValues(verdictName(live.Verdict), verdictName(shadow.Verdict)).Inc()
-	s.srv.metrics.Decisions.WithLabelValues(ActionShadowDecision, shadow.Reason).Inc()
 }
 
 func verdictName(v acl.Verdict) string {

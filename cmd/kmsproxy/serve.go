@@ -17,7 +17,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/kmsproxy/kmsproxy/admin"
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
+	"github.com/kmsproxy/kmsproxy/event/syslog"
 	"github.com/kmsproxy/kmsproxy/proxy"
 )
 
@@ -81,16 +84,16 @@ func serve(path string) error {
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
-	metrics := proxy.NewMetrics()
+	metrics := event.NewMetrics()
 	// The syslog sink is teed beside stdout; its drop warnings go through
 	// the logger, which exists only once the sink's core does.
 	var extra []zapcore.Core
 	var logp atomic.Pointer[zap.Logger]
 	if cfg.Log.Syslog.Address != "" {
-		sink, core, err := proxy.NewSyslogSink(proxy.SyslogOptionsFromConfig(cfg.Log, version), metrics.LogEventsDropped,
-			func(d proxy.SyslogDrops) {
+		sink, core, err := syslog.NewSink(syslog.OptionsFromConfig(cfg.Log, version), metrics.LogEventsDropped,
+			func(d syslog.Drops) {
 				if l := logp.Load(); l != nil {
-					proxy.LogSyslogDrops(l, d)
+					syslog.LogDrops(l, d)
 				}
 			})
 		if err != nil {
@@ -103,7 +106,7 @@ func serve(path string) error {
 	// stdoutFlushInterval (and on exit): one write per batch, not per event.
 	stdout := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(os.Stdout), Size: stdoutBufferSize, FlushInterval: stdoutFlushInterval}
 	defer stdout.Stop()
-	log, err := proxy.NewLogger(cfg.Log.Level, cfg.Log.Format, stdout, extra...)
+	log, err := event.NewLogger(cfg.Log.Level, cfg.Log.Format, stdout, extra...)
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
@@ -114,7 +117,7 @@ func serve(path string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	mgmt := proxy.NewManagement(srv, cfg.Management.ReadyInterval)
+	mgmt := admin.New(srv, cfg.Management.ReadyInterval)
 	mln, err := net.Listen("tcp", cfg.Management.Listen)
 	if err != nil {
 		return fmt.Errorf("management listener %s: %w", cfg.Management.Listen, err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/proxy"
 )
 
@@ -101,7 +102,7 @@ func startProxy(tb testing.TB, upstream string) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	log, err := proxy.NewLogger("info", "ecs", logf)
+	log, err := event.NewLogger("info", "ecs", logf)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -11,17 +11,18 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/kmsproxy/kmsproxy/proxy"
+	"github.com/kmsproxy/kmsproxy/event"
+	"github.com/kmsproxy/kmsproxy/event/syslog"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
 // allActions are DESIGN's actions plus the sink's own warning.
 var allActions = []string{
-	proxy.ActionConnectionAccepted, proxy.ActionConnectionRefused, proxy.ActionBindAllowed, proxy.ActionBindRefused,
-	proxy.ActionRequestRefused, proxy.ActionKMSActivation, proxy.ActionProtocolViolation, proxy.ActionUpstreamUnavailable,
-	proxy.ActionConnectionClosed, proxy.ActionConfigReloaded, proxy.ActionConfigReloadFailed, proxy.ActionShadowDecision,
-	proxy.ActionKMSDuplicateCMID, proxy.ActionKMSClockSkew, proxy.ActionRateLimited, proxy.ActionLogEventsDropped,
+	event.ActionConnectionAccepted, event.ActionConnectionRefused, event.ActionBindAllowed, event.ActionBindRefused,
+	event.ActionRequestRefused, event.ActionKMSActivation, event.ActionProtocolViolation, event.ActionUpstreamUnavailable,
+	event.ActionConnectionClosed, event.ActionConfigReloaded, event.ActionConfigReloadFailed, event.ActionShadowDecision,
+	event.ActionKMSDuplicateCMID, event.ActionKMSClockSkew, event.ActionRateLimited, event.ActionLogEventsDropped,
 }
 
 // shadowConfig is a candidate policy that would take activation away
@@ -52,7 +53,7 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 	cfg := strings.Replace(baseConfig, "activations_per_minute_per_source: 100000", "activations_per_minute_per_source: 1", 1) +
 		"shadow: { config: \"" + shadow + "\" }\n"
 
-	s := newSink(t, proxy.SyslogOptions{Address: "tcp://" + rs.TCPAddr, Level: "info", Version: "9.9.9"}, nil)
+	s := newSink(t, syslog.Options{Address: "tcp://" + rs.TCPAddr, Level: "info", Version: "9.9.9"}, nil)
 	// A second sink aimed at a closed port: its drop warnings reach
 	// rsyslog through the first.
 	dead, err := net.Listen("tcp", "127.0.0.1:0")
@@ -61,7 +62,7 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 	}
 	deadAddr := dead.Addr().String()
 	dead.Close()
-	d := newSink(t, proxy.SyslogOptions{Address: "tcp://" + deadAddr, Level: "info", WarnInterval: 200 * time.Millisecond}, s.Opts.Metrics)
+	d := newSink(t, syslog.Options{Address: "tcp://" + deadAddr, Level: "info", WarnInterval: 200 * time.Millisecond}, s.Opts.Metrics)
 	opts := s.Opts
 	opts.Cores = append(opts.Cores, d.Opts.Cores...)
 	opts.Logger = func(l *zap.Logger) { s.Opts.Logger(l); d.Opts.Logger(l) }
@@ -69,7 +70,7 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 	closed := 0
 	step := func() {
 		closed++
-		waitCount(t, e, proxy.ActionConnectionClosed, closed)
+		waitCount(t, e, event.ActionConnectionClosed, closed)
 	}
 
 	activate(t, e, srcDMZ) // accepted, bind-allowed, shadow-decision, kms-activation, kms-clock-skew, closed
@@ -127,7 +128,7 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 		t.Fatalf("no upstream: got %v", p.Type)
 	}
 	cl.ExpectClosed(5 * time.Second)
-	waitCount(t, e2, proxy.ActionConnectionClosed, 1)
+	waitCount(t, e2, event.ActionConnectionClosed, 1)
 	// The warning is teed to stdout first and to the sink after: wait for
 	// it at rsyslog itself before closing the sink.
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(strings.Join(rs.messages("tcp"), "\n"), " log-events-dropped "); {
@@ -169,19 +170,19 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 	}
 
 	// Spot checks per action beyond the common fields.
-	expect(t, first[proxy.ActionConnectionRefused], map[string]string{"event.reason": "source-not-in-zone", "source.ip": srcNowhere, "kmsproxy.zone": ""})
-	expect(t, first[proxy.ActionRateLimited], map[string]string{"event.reason": "activation-rate-limit", "source.ip": srcDMZ})
-	expect(t, first[proxy.ActionRequestRefused], map[string]string{"event.reason": "kms-application-not-allowed", "kmsproxy.zone": "office-only"})
-	expect(t, first[proxy.ActionProtocolViolation], map[string]string{"event.reason": "second-bind"})
-	expect(t, first[proxy.ActionUpstreamUnavailable], map[string]string{"event.reason": "upstream-unreachable"})
-	expect(t, first[proxy.ActionKMSDuplicateCMID], map[string]string{"event.kind": "alert", "source.ip": srcDMZ2, "kmsproxy.previous.source_ip": srcDMZ})
-	expect(t, first[proxy.ActionKMSClockSkew], map[string]string{"event.kind": "alert"})
-	expect(t, first[proxy.ActionShadowDecision], map[string]string{"kmsproxy.live.verdict": "allow", "kmsproxy.shadow.verdict": "deny"})
-	expect(t, first[proxy.ActionLogEventsDropped], map[string]string{"event.kind": "pipeline_error", "event.reason": "syslog-disconnected"})
-	if r := first[proxy.ActionConfigReloadFailed]; r.m != nil && r.m.PRI != 16*8+3 {
+	expect(t, first[event.ActionConnectionRefused], map[string]string{"event.reason": "source-not-in-zone", "source.ip": srcNowhere, "kmsproxy.zone": ""})
+	expect(t, first[event.ActionRateLimited], map[string]string{"event.reason": "activation-rate-limit", "source.ip": srcDMZ})
+	expect(t, first[event.ActionRequestRefused], map[string]string{"event.reason": "kms-application-not-allowed", "kmsproxy.zone": "office-only"})
+	expect(t, first[event.ActionProtocolViolation], map[string]string{"event.reason": "second-bind"})
+	expect(t, first[event.ActionUpstreamUnavailable], map[string]string{"event.reason": "upstream-unreachable"})
+	expect(t, first[event.ActionKMSDuplicateCMID], map[string]string{"event.kind": "alert", "source.ip": srcDMZ2, "kmsproxy.previous.source_ip": srcDMZ})
+	expect(t, first[event.ActionKMSClockSkew], map[string]string{"event.kind": "alert"})
+	expect(t, first[event.ActionShadowDecision], map[string]string{"kmsproxy.live.verdict": "allow", "kmsproxy.shadow.verdict": "deny"})
+	expect(t, first[event.ActionLogEventsDropped], map[string]string{"event.kind": "pipeline_error", "event.reason": "syslog-disconnected"})
+	if r := first[event.ActionConfigReloadFailed]; r.m != nil && r.m.PRI != 16*8+3 {
 		t.Errorf("config-reload-failed PRI %d, want %d (error)", r.m.PRI, 16*8+3)
 	}
-	if r := first[proxy.ActionKMSDuplicateCMID]; r.m != nil && r.m.PRI != 16*8+4 {
+	if r := first[event.ActionKMSDuplicateCMID]; r.m != nil && r.m.PRI != 16*8+4 {
 		t.Errorf("kms-duplicate-cmid PRI %d, want %d (warning)", r.m.PRI, 16*8+4)
 	}
 }

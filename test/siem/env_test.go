@@ -15,7 +15,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/kmsproxy/kmsproxy/proxy"
+	"github.com/kmsproxy/kmsproxy/event"
+	"github.com/kmsproxy/kmsproxy/event/syslog"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
@@ -146,19 +147,19 @@ func waitCount(t *testing.T, e *fixture.Env, action string, n int) []map[string]
 // sinkFor starts a syslog sink whose drop warnings are logged by the
 // proxy's own logger once it exists.
 type sinkFor struct {
-	Sink *proxy.SyslogSink
+	Sink *syslog.Sink
 	Opts fixture.ProxyOptions
 }
 
-func newSink(t *testing.T, o proxy.SyslogOptions, m *proxy.Metrics) *sinkFor {
+func newSink(t *testing.T, o syslog.Options, m *event.Metrics) *sinkFor {
 	t.Helper()
 	var logp atomic.Pointer[zap.Logger]
 	if m == nil {
-		m = proxy.NewMetrics()
+		m = event.NewMetrics()
 	}
-	sink, core, err := proxy.NewSyslogSink(o, m.LogEventsDropped, func(d proxy.SyslogDrops) {
+	sink, core, err := syslog.NewSink(o, m.LogEventsDropped, func(d syslog.Drops) {
 		if l := logp.Load(); l != nil {
-			proxy.LogSyslogDrops(l, d)
+			syslog.LogDrops(l, d)
 		}
 	})
 	if err != nil {
@@ -282,7 +283,7 @@ func checkECS(t *testing.T, raw string, ev map[string]any) {
 	if ev["network.transport"] != "tcp" || ev["network.protocol"] != "dcerpc" {
 		fail("network %v/%v", ev["network.transport"], ev["network.protocol"])
 	}
-	cid := proxy.CommunityID(netip.AddrPortFrom(src, uint16(sp)), netip.AddrPortFrom(dst, uint16(dp)))
+	cid := event.CommunityID(netip.AddrPortFrom(src, uint16(sp)), netip.AddrPortFrom(dst, uint16(dp)))
 	if ev["network.community_id"] != cid {
 		fail("network.community_id %v, want %s", ev["network.community_id"], cid)
 	}

@@ -15,12 +15,13 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/kmsproxy/kmsproxy/proxy"
+	"github.com/kmsproxy/kmsproxy/admin"
+	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
 // mgmtServer serves a Management handler on a real loopback HTTP port.
-func mgmtServer(t *testing.T, m *proxy.Management) string {
+func mgmtServer(t *testing.T, m *admin.Management) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -128,7 +129,7 @@ func TestMetricsAfterScriptedMix(t *testing.T) {
 		K = 2 // connections from 127.0.0.9 (no zone)
 	)
 	e := fixture.StartEnv(t, fixture.Replay, baseConfig)
-	mg := proxy.NewManagement(e.Srv, time.Hour)
+	mg := admin.New(e.Srv, time.Hour)
 	base := mgmtServer(t, mg)
 
 	// Before the listener is marked bound and before any upstream contact.
@@ -145,7 +146,7 @@ func TestMetricsAfterScriptedMix(t *testing.T) {
 
 	for i := range N {
 		activate(t, e, srcDMZ)
-		waitCount(t, e, proxy.ActionConnectionClosed, i+1)
+		waitCount(t, e, event.ActionConnectionClosed, i+1)
 	}
 	for range M {
 		refusedSAMRBind(t, e, srcDMZ)
@@ -153,8 +154,8 @@ func TestMetricsAfterScriptedMix(t *testing.T) {
 	for range K {
 		refusedAtAccept(t, e, srcNowhere)
 	}
-	waitCount(t, e, proxy.ActionConnectionClosed, N+M)
-	waitCount(t, e, proxy.ActionConnectionRefused, K)
+	waitCount(t, e, event.ActionConnectionClosed, N+M)
+	waitCount(t, e, event.ActionConnectionRefused, K)
 	waitActive(t, base, 0)
 
 	got := scrape(t, base)
@@ -210,7 +211,7 @@ func TestMetricsAfterScriptedMix(t *testing.T) {
 
 	// A short readiness interval lapses without upstream contact, and the
 	// cheap TCP check restores it without any client traffic.
-	short := proxy.NewManagement(e.Srv, 100*time.Millisecond)
+	short := admin.New(e.Srv, 100*time.Millisecond)
 	short.SetListening(true)
 	sbase := mgmtServer(t, short)
 	time.Sleep(150 * time.Millisecond)

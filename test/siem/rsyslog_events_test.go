@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsproxy/kmsproxy/proxy"
+	"github.com/kmsproxy/kmsproxy/event/syslog"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
@@ -40,7 +40,7 @@ func TestEventsAtRsyslog(t *testing.T) {
 				addr = rs.TCPAddr
 			}
 			before := len(rs.messages(c.transport))
-			s := newSink(t, proxy.SyslogOptions{Address: c.transport + "://" + addr, Format: c.format, Level: "info", Version: "9.9.9"}, nil)
+			s := newSink(t, syslog.Options{Address: c.transport + "://" + addr, Format: c.format, Level: "info", Version: "9.9.9"}, nil)
 			e := fixture.StartEnvWith(t, fixture.Replay, baseConfig, s.Opts)
 			activate(t, e, srcDMZ)
 			waitCount(t, e, "connection-closed", 1)

@@ -10,7 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kmsproxy/kmsproxy/proxy"
+	"github.com/kmsproxy/kmsproxy/event"
+	"github.com/kmsproxy/kmsproxy/event/syslog"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
@@ -101,8 +102,8 @@ func counter(t *testing.T, reg prometheus.Gatherer, name string, labels map[stri
 // counter rises, the sink times out and redials, and nothing deadlocks.
 func TestStalledCollector(t *testing.T) {
 	col := startStallCollector(t)
-	m := proxy.NewMetrics()
-	s := newSink(t, proxy.SyslogOptions{
+	m := event.NewMetrics()
+	s := newSink(t, syslog.Options{
 		Address: "tcp://" + col.ln.Addr().String(), Level: "info", QueueSize: 16,
 		WriteTimeout: 300 * time.Millisecond, WarnInterval: 200 * time.Millisecond, FlushTimeout: 200 * time.Millisecond,
 	}, m)
@@ -138,15 +139,15 @@ func TestStalledCollector(t *testing.T) {
 		t.Fatalf("an activation took %v with a stalled collector", slowest)
 	}
 	// Every activation and its summary are on stdout regardless.
-	waitCount(t, e, proxy.ActionConnectionClosed, n)
-	if got := len(e.Events(proxy.ActionKMSActivation)); got != n {
+	waitCount(t, e, event.ActionConnectionClosed, n)
+	if got := len(e.Events(event.ActionKMSActivation)); got != n {
 		t.Fatalf("%d kms-activation events on stdout, want %d", got, n)
 	}
 	if got := counter(t, reg, "kmsproxy_kms_activations_total", map[string]string{"application": "windows", "version": "6", "result": "success"}); got != float64(n) {
 		t.Fatalf("kmsproxy_kms_activations_total %v, want %d", got, n)
 	}
 	// The drop is reported on stdout, and counted the same as the metric.
-	ev := e.WaitEvent(proxy.ActionLogEventsDropped, nil)
+	ev := e.WaitEvent(event.ActionLogEventsDropped, nil)
 	if str(ev["log.level"]) != "warn" || scalar(ev["kmsproxy.log.dropped"]) == "0" {
 		t.Fatalf("drop warning %v", ev)
 	}

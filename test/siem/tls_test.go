@@ -18,7 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsproxy/kmsproxy/proxy"
+	"github.com/kmsproxy/kmsproxy/event"
+	"github.com/kmsproxy/kmsproxy/event/syslog"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
@@ -173,7 +174,7 @@ func TestTLSCollector(t *testing.T) {
 	const serverName = "siem.test"
 	col := startTLSCollector(t, serverCA, clientCA, serverName)
 	clientCert, clientKey := clientCA.issue(t, "kmsproxy-gw1", x509.ExtKeyUsageClientAuth)
-	base := proxy.SyslogOptions{
+	base := syslog.Options{
 		Address: "tls://" + col.ln.Addr().String(), Level: "info", ServerName: serverName,
 		CAFile:   writeFile(t, dir, "server-ca.pem", serverCA.pem),
 		CertFile: writeFile(t, dir, "client.pem", clientCert), KeyFile: writeFile(t, dir, "client.key", clientKey),
@@ -224,10 +225,10 @@ func TestTLSCollector(t *testing.T) {
 
 	for _, c := range []struct {
 		name string
-		mod  func(o *proxy.SyslogOptions)
+		mod  func(o *syslog.Options)
 	}{
-		{"wrong CA", func(o *proxy.SyslogOptions) { o.CAFile = writeFile(t, dir, "other-ca.pem", otherCA.pem) }},
-		{"wrong server name", func(o *proxy.SyslogOptions) { o.ServerName = "elsewhere.test" }},
+		{"wrong CA", func(o *syslog.Options) { o.CAFile = writeFile(t, dir, "other-ca.pem", otherCA.pem) }},
+		{"wrong server name", func(o *syslog.Options) { o.ServerName = "elsewhere.test" }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before, _, _, _ := col.snapshot()
@@ -244,11 +245,11 @@ func TestTLSCollector(t *testing.T) {
 			e := fixture.StartEnvWith(t, fixture.Replay, baseConfig, s.Opts)
 			activate(t, e, srcDMZ) // the proxy works regardless
 			waitCount(t, e, "connection-closed", 1)
-			e.WaitEvent(proxy.ActionLogEventsDropped, map[string]any{"event.reason": "syslog-disconnected"})
+			e.WaitEvent(event.ActionLogEventsDropped, map[string]any{"event.reason": "syslog-disconnected"})
 			if s.Sink.Stats().Connected || s.Sink.Stats().Dropped == 0 {
 				t.Fatalf("stats %+v: want disconnected with drops", s.Sink.Stats())
 			}
-			ev := e.Events(proxy.ActionLogEventsDropped)[0]
+			ev := e.Events(event.ActionLogEventsDropped)[0]
 			if msg := str(ev["error.message"]); !strings.Contains(msg, "certificate") {
 				t.Fatalf("drop warning error.message %q does not name the certificate problem", msg)
 			}

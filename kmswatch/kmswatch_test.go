@@ -1,4 +1,4 @@
-package proxy
+package kmswatch
 
 import (
 	"fmt"
@@ -15,16 +15,17 @@ import (
 
 	"github.com/kmsproxy/kmsproxy/assoc"
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 	"github.com/kmsproxy/kmsproxy/test/kmsgen"
 )
 
 // The KMS detectors (kms-duplicate-cmid, kms-clock-skew) run on every
-// decoded, allowed activation request: session.inspectCall hands the
-// decoded request to Server.watch.observe. These tests drive observe with
-// requests from kmsgen, on a Server built by New from a loaded config, and
-// read the events the session's logger received.
+// decoded, allowed activation request: the session hands the decoded
+// request to its server's Watch.Observe with the connection's emitter.
+// These tests drive Observe with requests from kmsgen, under a loaded
+// config, and read the events each connection's emitter logged.
 
 const (
 	watchSrcA = "192.0.2.10"
@@ -38,15 +39,17 @@ var (
 )
 
 type watchRig struct {
-	t    *testing.T
-	srv  *Server
-	rt   *config.Runtime
-	logs *observer.ObservedLogs
-	conn uint64
+	t       *testing.T
+	w       *Watch
+	rt      *config.Runtime
+	metrics *event.Metrics
+	emit    event.Emitter
+	logs    *observer.ObservedLogs
+	conn    uint64
 }
 
 // newWatchRig loads a config with the given kms_watch block (so the values
-// are ones validation accepts) and builds a Server around it.
+// are ones validation accepts) and builds a Watch, as a server does.
 func newWatchRig(t *testing.T, kmsWatch string) *watchRig {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "kms.yaml")
@@ -68,23 +71,24 @@ kms_watch: ` + kmsWatch + "\n"
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	return &watchRig{t: t, srv: New(rt, zap.New(core), nil), rt: rt, logs: logs}
+	m := event.NewMetrics()
+	return &watchRig{t: t, w: New(), rt: rt, metrics: m, emit: event.NewEmitter(zap.New(core), m), logs: logs}
 }
 
-// session returns a fresh session from src, logging with the connection
-// fields as a running session does.
-func (r *watchRig) session(src string) *session {
+// conn is one client connection as a session sees it: its source and an
+// emitter holding its fields.
+type conn struct {
+	src  netip.AddrPort
+	emit event.Emitter
+}
+
+// session returns a fresh connection from src, logging with the
+// connection fields as a running session does.
+func (r *watchRig) session(src string) *conn {
 	r.conn++
-	s := &session{
-		srv:  r.srv,
-		id:   r.conn,
-		src:  netip.AddrPortFrom(netip.MustParseAddr(src), uint16(49152+r.conn)),
-		dst:  netip.MustParseAddrPort("192.0.2.1:1688"),
-		zone: "dmz",
-		a:    assoc.New(nil),
-	}
-	s.log = r.srv.log.With(connFields(s.id, s.src, s.dst, s.zone)...)
-	return s
+	c := &conn{src: netip.AddrPortFrom(netip.MustParseAddr(src), uint16(49152+r.conn))}
+	c.emit = r.emit.With(event.ConnFields(r.conn, c.src, netip.MustParseAddrPort("192.0.2.1:1688"), "dmz")...)
+	return c
 }
 
 // request is a decodable V6 request stamped now (so the clock check is quiet).
@@ -100,8 +104,8 @@ func watchRequest(cmid rpcparse.UUID, workstation string) kms.Request {
 
 // observe runs the detectors on one activation from src.
 func (r *watchRig) observe(src string, req kms.Request) {
-	kc := &kmsCall{req: &req, rule: "kms-activation"}
-	r.srv.watch.observe(r.session(src), r.rt, kc)
+	c := r.session(src)
+	r.w.Observe(c.emit, r.rt.Config.KMSWatch, c.src.Addr(), &req, "kms-activation")
 }
 
 func (r *watchRig) activate(src string, cmid rpcparse.UUID, workstation string) {
@@ -116,11 +120,11 @@ func (r *watchRig) events(action string) []observer.LoggedEntry {
 // all, and returns the fields of the last one.
 func (r *watchRig) expectDuplicates(n int) map[string]any {
 	r.t.Helper()
-	evs := r.events(ActionKMSDuplicateCMID)
+	evs := r.events(event.ActionKMSDuplicateCMID)
 	if len(evs) != n {
 		r.t.Fatalf("%d kms-duplicate-cmid events, want %d: %v", len(evs), n, evs)
 	}
-	if got := decisionCount(r.t, r.srv.metrics, ActionKMSDuplicateCMID, "duplicate-cmid"); got != float64(n) {
+	if got := decisionCount(r.t, r.metrics, event.ActionKMSDuplicateCMID, "duplicate-cmid"); got != float64(n) {
 		r.t.Fatalf("kmsproxy_decisions_total{action=kms-duplicate-cmid} = %v, want %d", got, n)
 	}
 	if n == 0 {
@@ -130,11 +134,11 @@ func (r *watchRig) expectDuplicates(n int) map[string]any {
 }
 
 // age makes the watch's record of cmid d older, as if it had been seen d
-// earlier: observe reads time.Now itself, so this is how a test moves past
+// earlier: Observe reads time.Now itself, so this is how a test moves past
 // duplicate_window without waiting for it.
 func (r *watchRig) age(cmid rpcparse.UUID, d time.Duration) {
 	r.t.Helper()
-	w := r.srv.watch
+	w := r.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	e, ok := w.byID[cmid]
@@ -145,7 +149,7 @@ func (r *watchRig) age(cmid rpcparse.UUID, d time.Duration) {
 }
 
 func (r *watchRig) tracked(cmid rpcparse.UUID) bool {
-	w := r.srv.watch
+	w := r.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	_, ok := w.byID[cmid]
@@ -156,7 +160,7 @@ func (r *watchRig) tracked(cmid rpcparse.UUID) bool {
 // and its recency list agree.
 func (r *watchRig) checkBound(max int) {
 	r.t.Helper()
-	w := r.srv.watch
+	w := r.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.byID) != w.order.Len() || w.order.Len() > max {
@@ -169,7 +173,7 @@ func (r *watchRig) checkBound(max int) {
 	}
 }
 
-func decisionCount(t *testing.T, m *Metrics, action, reason string) float64 {
+func decisionCount(t *testing.T, m *event.Metrics, action, reason string) float64 {
 	t.Helper()
 	var out dto.Metric
 	if err := m.Decisions.WithLabelValues(action, reason).Write(&out); err != nil {
@@ -191,7 +195,7 @@ func TestKMSWatchDuplicateSameSourceOtherWorkstation(t *testing.T) {
 	r.activate(watchSrcA, cmidA, "dmz-ws77.corp.example")
 	ev := r.expectDuplicates(1)
 	for k, want := range map[string]any{
-		"event.action":                  ActionKMSDuplicateCMID,
+		"event.action":                  event.ActionKMSDuplicateCMID,
 		"event.kind":                    "alert",
 		"event.reason":                  "duplicate-cmid",
 		"rule.name":                     "kms-activation",
@@ -208,7 +212,7 @@ func TestKMSWatchDuplicateSameSourceOtherWorkstation(t *testing.T) {
 	if prev, ok := ev["kmsproxy.previous.seen"].(time.Time); !ok || time.Since(prev) > time.Minute {
 		t.Errorf("kmsproxy.previous.seen = %v", ev["kmsproxy.previous.seen"])
 	}
-	if lvl := r.events(ActionKMSDuplicateCMID)[0].Level; lvl != zapcore.WarnLevel {
+	if lvl := r.events(event.ActionKMSDuplicateCMID)[0].Level; lvl != zapcore.WarnLevel {
 		t.Errorf("duplicate logged at %v, want warn", lvl)
 	}
 
@@ -320,7 +324,7 @@ func TestKMSWatchBounded(t *testing.T) {
 		r.activate(watchSrcA, last, "ws")
 	}
 	r.checkBound(max)
-	if n := r.srv.watch.order.Len(); n != max {
+	if n := r.w.order.Len(); n != max {
 		t.Fatalf("watch holds %d CMIDs after %d distinct ones, want %d", n, 10*max, max)
 	}
 	r.activate(watchSrcB, last, "ws")
@@ -341,11 +345,11 @@ func TestKMSWatchClockSkew(t *testing.T) {
 		{5 * time.Hour, true},
 		{-5 * time.Hour, true},
 	} {
-		before := len(r.events(ActionKMSClockSkew))
+		before := len(r.events(event.ActionKMSClockSkew))
 		req := watchRequest(rpcparse.MustUUID(fmt.Sprintf("5c5c5c5c-0000-4000-8000-%012x", i)), "ws")
 		req.ClientTime = kms.TimeToFiletime(time.Now().Add(tc.offset))
 		r.observe(watchSrcA, req)
-		evs := r.events(ActionKMSClockSkew)
+		evs := r.events(event.ActionKMSClockSkew)
 		if got := len(evs) - before; (got == 1) != tc.flag || got > 1 {
 			t.Fatalf("client clock %v off: %d clock-skew events", tc.offset, got)
 		}
@@ -361,7 +365,7 @@ func TestKMSWatchClockSkew(t *testing.T) {
 			t.Errorf("clock-skew event %v", ev)
 		}
 	}
-	if got := decisionCount(t, r.srv.metrics, ActionKMSClockSkew, "clock-skew"); got != 2 {
+	if got := decisionCount(t, r.metrics, event.ActionKMSClockSkew, "clock-skew"); got != 2 {
 		t.Errorf("kmsproxy_decisions_total{action=kms-clock-skew} = %v, want 2", got)
 	}
 	r.expectDuplicates(0)
@@ -408,7 +412,7 @@ func TestKMSWatchThroughAssociation(t *testing.T) {
 		if got := st.Call.KMS.Req.Workstation(); got != ws {
 			t.Fatalf("activation %d decoded workstation %q", i, got)
 		}
-		r.srv.watch.observe(s, r.rt, kmsCallOf(st.Call))
+		r.w.Observe(s.emit, r.rt.Config.KMSWatch, s.src.Addr(), &st.Call.KMS.Req, st.Call.Rule.Rule) // as the session does
 	}
 	ev := r.expectDuplicates(1)
 	if ev["kms.workstation"] != "dmz-ws02.corp.example" || ev["kmsproxy.previous.workstation"] != "dmz-ws01.corp.example" {

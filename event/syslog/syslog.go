@@ -1,20 +1,4 @@
-package proxy
-
-// The syslog sink ships every event to a remote collector beside stdout.
-//
-//	sink, core, err := proxy.NewSyslogSink(proxy.SyslogOptionsFromConfig(cfg.Log, version),
-//		metrics.LogEventsDropped, func(d proxy.SyslogDrops) { proxy.LogSyslogDrops(log, d) })
-//	log, _ := proxy.NewLogger(cfg.Log.Level, cfg.Log.Format, os.Stdout, core)
-//	defer sink.Close() // flushes what is queued, for a short while
-//
-// The core's Write encodes the event (the same ECS JSON as stdout) and
-// offers it to a bounded queue with a non-blocking send; one writer
-// goroutine formats (RFC 5424 or CEF) and sends. A full queue, a collector
-// that is down, or one that stops reading never slows a client connection:
-// the event is dropped, counted in kmsproxy_log_events_dropped_total, and a
-// log-events-dropped warning says how many, at most once per WarnInterval.
-// The sink does not retry a message that failed to send, spool to disk, or
-// follow config reloads (a new address needs a restart).
+package syslog
 
 import (
 	"bytes"
@@ -39,23 +23,20 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
 )
-
-// ActionLogEventsDropped is the event.action of the warning the sink's
-// owner logs when events were dropped (see LogSyslogDrops).
-const ActionLogEventsDropped = "log-events-dropped"
 
 // Syslog sink defaults. Each bounds what a slow or dead collector can cost.
 const (
-	DefaultSyslogQueue        = 4096             // events held for the writer; beyond this they are dropped
-	DefaultSyslogDialTimeout  = 5 * time.Second  // a collector that does not answer SYNs
-	DefaultSyslogWriteTimeout = 5 * time.Second  // a collector that accepts and never reads
-	DefaultSyslogMaxBackoff   = 30 * time.Second // reconnect attempts against a dead collector
-	DefaultSyslogWarnInterval = 10 * time.Second // at most one drop warning per interval
-	DefaultSyslogFlushTimeout = 2 * time.Second  // Close waits this long for queued events
-	// MaxSyslogMessage is the largest message sent (the IPv4 UDP payload
+	DefaultQueue        = 4096             // events held for the writer; beyond this they are dropped
+	DefaultDialTimeout  = 5 * time.Second  // a collector that does not answer SYNs
+	DefaultWriteTimeout = 5 * time.Second  // a collector that accepts and never reads
+	DefaultMaxBackoff   = 30 * time.Second // reconnect attempts against a dead collector
+	DefaultWarnInterval = 10 * time.Second // at most one drop warning per interval
+	DefaultFlushTimeout = 2 * time.Second  // Close waits this long for queued events
+	// MaxMessage is the largest message sent (the IPv4 UDP payload
 	// limit); longer JSON messages are cut at a UTF-8 boundary and marked.
-	MaxSyslogMessage = 65507
+	MaxMessage = 65507
 
 	minSyslogBackoff = 250 * time.Millisecond
 	maxSDValue       = 1024 // bytes of one structured-data value (the JSON MSG is whole)
@@ -66,8 +47,8 @@ const (
 	sdID = "kmsproxy@32473"
 )
 
-// SyslogOptions configure a sink. Zero values take the defaults above.
-type SyslogOptions struct {
+// Options configure a sink. Zero values take the defaults above.
+type Options struct {
 	Address    string // udp://host:port, tcp://host:port or tls://host:port
 	Format     string // rfc5424 (default) or cef
 	Level      string // lowest level shipped (debug, info, warn, error); default info
@@ -88,19 +69,19 @@ type SyslogOptions struct {
 	FlushTimeout time.Duration
 }
 
-// SyslogOptionsFromConfig maps the config's log: block onto options.
-func SyslogOptionsFromConfig(l config.Log, version string) SyslogOptions {
+// OptionsFromConfig maps the config's log: block onto options.
+func OptionsFromConfig(l config.Log, version string) Options {
 	s := l.Syslog
-	return SyslogOptions{
+	return Options{
 		Address: s.Address, Format: s.Format, Level: l.Level,
 		CAFile: s.CAFile, CertFile: s.CertFile, KeyFile: s.KeyFile, ServerName: s.ServerName,
 		QueueSize: s.QueueSize, Version: version,
 	}
 }
 
-// SyslogDrops is what the sink reports about dropped events: counts since
+// Drops is what the sink reports about dropped events: counts since
 // the previous report, by cause.
-type SyslogDrops struct {
+type Drops struct {
 	QueueFull    uint64 // the writer was behind by QueueSize events
 	Disconnected uint64 // no connection to the collector
 	SendFailed   uint64 // the write failed or timed out
@@ -108,24 +89,24 @@ type SyslogDrops struct {
 }
 
 // Total is the number of events dropped.
-func (d SyslogDrops) Total() uint64 { return d.QueueFull + d.Disconnected + d.SendFailed }
+func (d Drops) Total() uint64 { return d.QueueFull + d.Disconnected + d.SendFailed }
 
-// SyslogStats are the sink's running totals.
-type SyslogStats struct {
+// Stats are the sink's running totals.
+type Stats struct {
 	Sent, Dropped, Connects uint64
 	Connected               bool
 }
 
-// Errors from NewSyslogSink.
+// Errors from NewSink.
 var (
-	ErrSyslogAddress = errors.New("syslog: bad address")
-	ErrSyslogTLS     = errors.New("syslog: bad TLS settings")
-	ErrSyslogOption  = errors.New("syslog: bad option")
+	ErrAddress = errors.New("syslog: bad address")
+	ErrTLS     = errors.New("syslog: bad TLS settings")
+	ErrOption  = errors.New("syslog: bad option")
 )
 
-// SyslogSink is the queue and the writer goroutine behind the core.
-type SyslogSink struct {
-	opts    SyslogOptions
+// Sink is the queue and the writer goroutine behind the core.
+type Sink struct {
+	opts    Options
 	network string // udp, tcp, tls
 	addr    string
 	tlsConf *tls.Config
@@ -135,7 +116,7 @@ type SyslogSink struct {
 	up      atomic.Bool // false while there is no connection: Write drops
 	closed  atomic.Bool
 	dropped prometheus.Counter
-	warn    func(SyslogDrops)
+	warn    func(Drops)
 
 	full, down, failed   atomic.Uint64 // unreported drops by cause
 	sent, total, connect atomic.Uint64
@@ -158,21 +139,21 @@ type syslogEntry struct {
 	json  []byte // one ECS JSON object, no line ending
 }
 
-// NewSyslogSink validates opts, loads TLS material and starts the writer,
+// NewSink validates opts, loads TLS material and starts the writer,
 // which connects in the background: a collector that is down at startup
 // is not an error. dropped counts every dropped event (may be nil); warn
 // (may be nil) is called from the writer at most once per WarnInterval when
 // events were dropped. The returned core is to be teed beside stdout.
-func NewSyslogSink(opts SyslogOptions, dropped prometheus.Counter, warn func(SyslogDrops)) (*SyslogSink, zapcore.Core, error) {
+func NewSink(opts Options, dropped prometheus.Counter, warn func(Drops)) (*Sink, zapcore.Core, error) {
 	u, err := url.Parse(opts.Address)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %q: %w", ErrSyslogAddress, opts.Address, err)
+		return nil, nil, fmt.Errorf("%w: %q: %w", ErrAddress, opts.Address, err)
 	}
 	host, _, err := net.SplitHostPort(u.Host)
 	if err != nil || u.Path != "" && u.Path != "/" {
-		return nil, nil, fmt.Errorf("%w: %q: want udp://, tcp:// or tls://host:port", ErrSyslogAddress, opts.Address)
+		return nil, nil, fmt.Errorf("%w: %q: want udp://, tcp:// or tls://host:port", ErrAddress, opts.Address)
 	}
-	s := &SyslogSink{network: u.Scheme, addr: u.Host, dropped: dropped, warn: warn}
+	s := &Sink{network: u.Scheme, addr: u.Host, dropped: dropped, warn: warn}
 	switch u.Scheme {
 	case "udp", "tcp":
 	case "tls":
@@ -180,12 +161,12 @@ func NewSyslogSink(opts SyslogOptions, dropped prometheus.Counter, warn func(Sys
 			return nil, nil, err
 		}
 	default:
-		return nil, nil, fmt.Errorf("%w: scheme %q: want udp, tcp or tls", ErrSyslogAddress, u.Scheme)
+		return nil, nil, fmt.Errorf("%w: scheme %q: want udp, tcp or tls", ErrAddress, u.Scheme)
 	}
 	var lvl zapcore.Level = zapcore.InfoLevel
 	if opts.Level != "" {
 		if err := lvl.UnmarshalText([]byte(opts.Level)); err != nil {
-			return nil, nil, fmt.Errorf("%w: level %q: %w", ErrSyslogOption, opts.Level, err)
+			return nil, nil, fmt.Errorf("%w: level %q: %w", ErrOption, opts.Level, err)
 		}
 	}
 	switch opts.Format {
@@ -193,22 +174,22 @@ func NewSyslogSink(opts SyslogOptions, dropped prometheus.Counter, warn func(Sys
 		opts.Format = "rfc5424"
 	case "cef":
 	default:
-		return nil, nil, fmt.Errorf("%w: format %q: want rfc5424 or cef", ErrSyslogOption, opts.Format)
+		return nil, nil, fmt.Errorf("%w: format %q: want rfc5424 or cef", ErrOption, opts.Format)
 	}
 	if opts.Facility < 0 || opts.Facility > 23 {
-		return nil, nil, fmt.Errorf("%w: facility %d: want 0..23", ErrSyslogOption, opts.Facility)
+		return nil, nil, fmt.Errorf("%w: facility %d: want 0..23", ErrOption, opts.Facility)
 	}
 	if opts.Facility == 0 {
 		// 0 (kern) belongs to the kernel; an unset facility means local0.
 		opts.Facility = facilityLocal0
 	}
-	defaultDuration(&opts.DialTimeout, DefaultSyslogDialTimeout)
-	defaultDuration(&opts.WriteTimeout, DefaultSyslogWriteTimeout)
-	defaultDuration(&opts.MaxBackoff, DefaultSyslogMaxBackoff)
-	defaultDuration(&opts.WarnInterval, DefaultSyslogWarnInterval)
-	defaultDuration(&opts.FlushTimeout, DefaultSyslogFlushTimeout)
+	defaultDuration(&opts.DialTimeout, DefaultDialTimeout)
+	defaultDuration(&opts.WriteTimeout, DefaultWriteTimeout)
+	defaultDuration(&opts.MaxBackoff, DefaultMaxBackoff)
+	defaultDuration(&opts.WarnInterval, DefaultWarnInterval)
+	defaultDuration(&opts.FlushTimeout, DefaultFlushTimeout)
 	if opts.QueueSize <= 0 {
-		opts.QueueSize = DefaultSyslogQueue
+		opts.QueueSize = DefaultQueue
 	}
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
@@ -219,7 +200,7 @@ func NewSyslogSink(opts SyslogOptions, dropped prometheus.Counter, warn func(Sys
 	s.opts = opts
 	s.f = syslogFormatter{
 		facility: opts.Facility, hostname: headerToken(opts.Hostname, 255), procID: strconv.Itoa(os.Getpid()),
-		cef: opts.Format == "cef", version: opts.Version, max: MaxSyslogMessage,
+		cef: opts.Format == "cef", version: opts.Version, max: MaxMessage,
 	}
 	s.queue = make(chan syslogEntry, opts.QueueSize)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -228,7 +209,7 @@ func NewSyslogSink(opts SyslogOptions, dropped prometheus.Counter, warn func(Sys
 	// Optimistic until the first dial fails, so startup events are queued.
 	s.up.Store(true)
 	go s.run()
-	enc := zapcore.NewJSONEncoder(ecsEncoderConfig())
+	enc := zapcore.NewJSONEncoder(event.EncoderConfig())
 	return s, &syslogCore{LevelEnabler: lvl, enc: enc, sink: s}, nil
 }
 
@@ -238,7 +219,7 @@ func defaultDuration(d *time.Duration, v time.Duration) {
 	}
 }
 
-func syslogTLSConfig(o *SyslogOptions, host string) (*tls.Config, error) {
+func syslogTLSConfig(o *Options, host string) (*tls.Config, error) {
 	var c *tls.Config
 	if o.TLSConfig != nil {
 		c = o.TLSConfig.Clone()
@@ -247,21 +228,21 @@ func syslogTLSConfig(o *SyslogOptions, host string) (*tls.Config, error) {
 		if o.CAFile != "" {
 			pem, err := os.ReadFile(o.CAFile)
 			if err != nil {
-				return nil, fmt.Errorf("%w: ca_file: %w", ErrSyslogTLS, err)
+				return nil, fmt.Errorf("%w: ca_file: %w", ErrTLS, err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("%w: ca_file %s: no PEM certificate", ErrSyslogTLS, o.CAFile)
+				return nil, fmt.Errorf("%w: ca_file %s: no PEM certificate", ErrTLS, o.CAFile)
 			}
 			c.RootCAs = pool
 		}
 		if (o.CertFile == "") != (o.KeyFile == "") {
-			return nil, fmt.Errorf("%w: cert_file and key_file go together", ErrSyslogTLS)
+			return nil, fmt.Errorf("%w: cert_file and key_file go together", ErrTLS)
 		}
 		if o.CertFile != "" {
 			cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 			if err != nil {
-				return nil, fmt.Errorf("%w: client certificate: %w", ErrSyslogTLS, err)
+				return nil, fmt.Errorf("%w: client certificate: %w", ErrTLS, err)
 			}
 			c.Certificates = []tls.Certificate{cert}
 		}
@@ -280,7 +261,7 @@ func syslogTLSConfig(o *SyslogOptions, host string) (*tls.Config, error) {
 // Close stops accepting events, sends what is queued for up to
 // FlushTimeout, closes the connection and reports the last drops. It is
 // safe to call more than once.
-func (s *SyslogSink) Close() error {
+func (s *Sink) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.done)
@@ -298,11 +279,11 @@ func (s *SyslogSink) Close() error {
 }
 
 // Stats returns the running totals.
-func (s *SyslogSink) Stats() SyslogStats {
-	return SyslogStats{Sent: s.sent.Load(), Dropped: s.total.Load(), Connects: s.connect.Load(), Connected: s.up.Load()}
+func (s *Sink) Stats() Stats {
+	return Stats{Sent: s.sent.Load(), Dropped: s.total.Load(), Connects: s.connect.Load(), Connected: s.up.Load()}
 }
 
-func (s *SyslogSink) drop(cause *atomic.Uint64) {
+func (s *Sink) drop(cause *atomic.Uint64) {
 	cause.Add(1)
 	s.total.Add(1)
 	if s.dropped != nil {
@@ -311,7 +292,7 @@ func (s *SyslogSink) drop(cause *atomic.Uint64) {
 }
 
 // enqueue is the only thing the data path does: a non-blocking send.
-func (s *SyslogSink) enqueue(e syslogEntry) {
+func (s *Sink) enqueue(e syslogEntry) {
 	if s.closed.Load() || !s.up.Load() {
 		s.drop(&s.down)
 		return
@@ -324,7 +305,7 @@ func (s *SyslogSink) enqueue(e syslogEntry) {
 }
 
 // run is the writer goroutine: the only one that touches the connection.
-func (s *SyslogSink) run() {
+func (s *Sink) run() {
 	defer close(s.stopped)
 	tick := time.NewTicker(s.opts.WarnInterval)
 	defer tick.Stop()
@@ -367,7 +348,7 @@ func (s *SyslogSink) run() {
 }
 
 // wait sleeps d (jittered), reporting drops meanwhile; false if closing.
-func (s *SyslogSink) wait(d time.Duration, tick *time.Ticker) bool {
+func (s *Sink) wait(d time.Duration, tick *time.Ticker) bool {
 	t := time.NewTimer(d - time.Duration(rand.Int64N(int64(d)/5+1)))
 	defer t.Stop()
 	for {
@@ -386,7 +367,7 @@ func nextBackoff(d, limit time.Duration) time.Duration {
 	return min(max(2*d, minSyslogBackoff), limit)
 }
 
-func (s *SyslogSink) dial() error {
+func (s *Sink) dial() error {
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.DialTimeout)
 	defer cancel()
 	nd := &net.Dialer{Timeout: s.opts.DialTimeout, KeepAlive: 30 * time.Second}
@@ -407,7 +388,7 @@ func (s *SyslogSink) dial() error {
 	return nil
 }
 
-func (s *SyslogSink) setDown(err error) {
+func (s *Sink) setDown(err error) {
 	s.up.Store(false)
 	msg := err.Error()
 	s.lastErr.Store(&msg)
@@ -416,7 +397,7 @@ func (s *SyslogSink) setDown(err error) {
 // send formats and writes one event. A stream connection that fails or
 // times out is closed (a partial frame dies with it) and redialled; a UDP
 // send error only loses that datagram.
-func (s *SyslogSink) send(buf []byte, e *syslogEntry) ([]byte, bool) {
+func (s *Sink) send(buf []byte, e *syslogEntry) ([]byte, bool) {
 	buf = s.f.format(buf, e, s.network != "udp")
 	dl := time.Now().Add(s.opts.WriteTimeout)
 	if !s.deadline.IsZero() && s.deadline.Before(dl) {
@@ -441,7 +422,7 @@ func (s *SyslogSink) send(buf []byte, e *syslogEntry) ([]byte, bool) {
 
 // flush sends what is queued at Close until the queue is empty, the
 // connection fails, or FlushTimeout passes.
-func (s *SyslogSink) flush(buf []byte) {
+func (s *Sink) flush(buf []byte) {
 	s.deadline = time.Now().Add(s.opts.FlushTimeout)
 	for s.conn != nil && time.Now().Before(s.deadline) {
 		select {
@@ -453,7 +434,7 @@ func (s *SyslogSink) flush(buf []byte) {
 	}
 }
 
-func (s *SyslogSink) finish() {
+func (s *Sink) finish() {
 	s.live.Store(nil)
 	if s.conn != nil {
 		s.conn.Close()
@@ -472,8 +453,8 @@ func (s *SyslogSink) finish() {
 	s.report()
 }
 
-func (s *SyslogSink) report() {
-	d := SyslogDrops{QueueFull: s.full.Swap(0), Disconnected: s.down.Swap(0), SendFailed: s.failed.Swap(0)}
+func (s *Sink) report() {
+	d := Drops{QueueFull: s.full.Swap(0), Disconnected: s.down.Swap(0), SendFailed: s.failed.Swap(0)}
 	if d.Total() == 0 || s.warn == nil {
 		return
 	}
@@ -483,15 +464,15 @@ func (s *SyslogSink) report() {
 	s.warn(d)
 }
 
-// LogSyslogDrops logs the log-events-dropped warning for d. It goes to
+// LogDrops logs the log-events-dropped warning for d. It goes to
 // stdout and, queue permitting, to the collector too, so the SIEM learns
 // of its own gap.
-func LogSyslogDrops(log *zap.Logger, d SyslogDrops) {
+func LogDrops(log *zap.Logger, d Drops) {
 	f := []zap.Field{
 		zap.String("event.kind", "pipeline_error"),
-		eventCategory,
+		event.Category,
 		zap.Strings("event.type", []string{"error"}),
-		zap.String("event.action", ActionLogEventsDropped),
+		zap.String("event.action", event.ActionLogEventsDropped),
 		zap.String("event.outcome", "failure"),
 		zap.String("event.reason", dropReason(d)),
 		zap.Uint64("kmsproxy.log.dropped", d.Total()),
@@ -505,7 +486,7 @@ func LogSyslogDrops(log *zap.Logger, d SyslogDrops) {
 	log.Warn("syslog sink dropped "+strconv.FormatUint(d.Total(), 10)+" events", f...)
 }
 
-func dropReason(d SyslogDrops) string {
+func dropReason(d Drops) string {
 	switch max(d.QueueFull, d.Disconnected, d.SendFailed) {
 	case d.QueueFull:
 		return "syslog-queue-full"
@@ -519,7 +500,7 @@ func dropReason(d SyslogDrops) string {
 type syslogCore struct {
 	zapcore.LevelEnabler
 	enc  zapcore.Encoder
-	sink *SyslogSink
+	sink *Sink
 }
 
 var _ zapcore.Core = (*syslogCore)(nil)

@@ -1,4 +1,4 @@
-package proxy
+package event
 
 import (
 	"fmt"
@@ -7,6 +7,23 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
+
+// EncoderConfig names the fixed keys the way Elastic Common Schema does;
+// stdout and the syslog sink encode events with it alike.
+func EncoderConfig() zapcore.EncoderConfig {
+	return zapcore.EncoderConfig{
+		TimeKey:        "@timestamp",
+		LevelKey:       "log.level",
+		MessageKey:     "message",
+		NameKey:        "log.logger",
+		CallerKey:      "",
+		StacktraceKey:  "",
+		LineEnding:     zapcore.DefaultLineEnding,
+		EncodeLevel:    zapcore.LowercaseLevelEncoder,
+		EncodeTime:     zapcore.ISO8601TimeEncoder,
+		EncodeDuration: zapcore.NanosDurationEncoder, // ECS event.duration is in nanoseconds
+	}
+}
 
 // NewLogger builds the event logger: one JSON object per line with ECS
 // field names ("ecs"), or a human-readable console format. Every event is
@@ -20,9 +37,9 @@ func NewLogger(level, format string, w io.Writer, extra ...zapcore.Core) (*zap.L
 	var enc zapcore.Encoder
 	switch format {
 	case "", "ecs", "json":
-		enc = zapcore.NewJSONEncoder(ecsEncoderConfig())
+		enc = zapcore.NewJSONEncoder(EncoderConfig())
 	case "console":
-		cfg := ecsEncoderConfig()
+		cfg := EncoderConfig()
 		cfg.EncodeDuration = zapcore.StringDurationEncoder
 		enc = zapcore.NewConsoleEncoder(cfg)
 	default:

@@ -1,4 +1,4 @@
-package proxy
+package event
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
@@ -80,4 +80,22 @@ func NewMetrics() *Metrics {
 	r.MustRegister(m.Connections, m.ConnectionsActive, m.Decisions, m.KMSActivations, m.UpstreamDialSeconds,
 		m.UpstreamErrors, m.Bytes, m.ConfigReloads, m.LogEventsDropped, m.ShadowDifferences, m.ConfigLastReload)
 	return m
+}
+
+// AddBytesToHost counts n bytes relayed from a client to its host.
+func (m *Metrics) AddBytesToHost(n int) { m.bytesToHost.Add(float64(n)) }
+
+// AddBytesToClient counts n bytes relayed from a host to its client.
+func (m *Metrics) AddBytesToClient(n int) { m.bytesToClient.Add(float64(n)) }
+
+// countDecision counts one kmsproxy_decisions_total{action, reason}.
+// bind-allowed, which every activation makes, carries no event.reason and
+// is counted under reason "allowed" (acl.ReasonAllowed), on its child
+// looked up once.
+func (m *Metrics) countDecision(action, reason string) {
+	if action == ActionBindAllowed {
+		m.bindAllowed.Inc()
+		return
+	}
+	m.Decisions.WithLabelValues(action, reason).Inc()
 }

@@ -1,4 +1,4 @@
-package proxy
+package syslog
 
 // CEF (ArcSight Common Event Format, rev 25) is the sink's alternative
 // wire format, for collectors (ArcSight, Sentinel's CommonSecurityLog,
@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kmsproxy/kmsproxy/event"
 )
 
 // cefField maps one ECS field onto a CEF extension key; label, when set,
@@ -49,16 +51,16 @@ var cefFields = []cefField{
 
 // cefSeverity is the CEF severity (0-10) per action; others follow the level.
 var cefSeverity = map[string]int{
-	ActionConnectionRefused:   5,
-	ActionBindRefused:         5,
-	ActionRequestRefused:      5,
-	ActionRateLimited:         5,
-	ActionProtocolViolation:   6,
-	ActionKMSClockSkew:        6,
-	ActionLogEventsDropped:    6,
-	ActionUpstreamUnavailable: 7,
-	ActionConfigReloadFailed:  7,
-	ActionKMSDuplicateCMID:    8,
+	event.ActionConnectionRefused:   5,
+	event.ActionBindRefused:         5,
+	event.ActionRequestRefused:      5,
+	event.ActionRateLimited:         5,
+	event.ActionProtocolViolation:   6,
+	event.ActionKMSClockSkew:        6,
+	event.ActionLogEventsDropped:    6,
+	event.ActionUpstreamUnavailable: 7,
+	event.ActionConfigReloadFailed:  7,
+	event.ActionKMSDuplicateCMID:    8,
 }
 
 func cefLevelSeverity(sev int) int {
@@ -77,7 +79,7 @@ func cefLevelSeverity(sev int) int {
 
 // appendCEF appends the syslog header with NILVALUE structured data and
 // the CEF record. Every value is bounded (maxSDValue), so a record stays
-// far below MaxSyslogMessage and is never cut.
+// far below MaxMessage and is never cut.
 func (f *syslogFormatter) appendCEF(dst []byte, e *syslogEntry, ev map[string]any) []byte {
 	action, _ := ev["event.action"].(string)
 	message, _ := ev["message"].(string)

@@ -1,4 +1,4 @@
-package proxy
+package admin
 
 import (
 	"context"
@@ -8,19 +8,30 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/event"
 )
+
+// Proxy is what the management server watches; *proxy.Server is one.
+type Proxy interface {
+	Runtime() *config.Runtime  // nil until a valid config is loaded
+	Metrics() *event.Metrics   // served on /metrics
+	LastUpstreamOK() time.Time // zero if never
+	MarkUpstreamOK()           // CheckUpstreams reached one
+}
 
 // Management serves /metrics, /healthz and /readyz. It belongs on an
 // internal address: it is never on the client-facing listener.
 type Management struct {
-	srv      *Server
+	srv      Proxy
 	bound    atomic.Bool
 	interval time.Duration
 }
 
-// NewManagement returns the management handler set for srv. interval is
-// how recent an upstream contact must be for /readyz (0: 30s).
-func NewManagement(srv *Server, interval time.Duration) *Management {
+// New returns the management handler set for srv. interval is how recent
+// an upstream contact must be for /readyz (0: 30s).
+func New(srv Proxy, interval time.Duration) *Management {
 	if interval <= 0 {
 		interval = 30 * time.Second
 	}
@@ -33,7 +44,7 @@ func (m *Management) SetListening(v bool) { m.bound.Store(v) }
 // Handler returns the HTTP handler.
 func (m *Management) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.srv.metrics.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(m.srv.Metrics().Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

@@ -1,4 +1,4 @@
-package proxy
+package syslog
 
 import (
 	"bufio"
@@ -17,12 +17,14 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/kmsproxy/kmsproxy/event"
 )
 
 var testTime = time.Date(2025, 3, 9, 14, 7, 5, 123456789, time.FixedZone("CET", 3600))
 
 func testFormatter(cef bool) *syslogFormatter {
-	return &syslogFormatter{facility: 16, hostname: "gw1", procID: "4242", cef: cef, version: "1.2.3", max: MaxSyslogMessage}
+	return &syslogFormatter{facility: 16, hostname: "gw1", procID: "4242", cef: cef, version: "1.2.3", max: MaxMessage}
 }
 
 const refusalJSON = `{"log.level":"info","@timestamp":"2025-03-09T14:07:05.123+0100","message":"bind-refused",` +
@@ -145,10 +147,10 @@ func TestOversizedMessageIsCutAtRuneBoundary(t *testing.T) {
 	e := syslogEntry{level: zapcore.ErrorLevel, time: testTime, json: []byte(big)}
 	f := testFormatter(false)
 	udp := f.format(nil, &e, false)
-	if len(udp) > MaxSyslogMessage || !utf8.Valid(udp) {
-		t.Fatalf("datagram %d bytes (max %d), valid UTF-8 %v", len(udp), MaxSyslogMessage, utf8.Valid(udp))
+	if len(udp) > MaxMessage || !utf8.Valid(udp) {
+		t.Fatalf("datagram %d bytes (max %d), valid UTF-8 %v", len(udp), MaxMessage, utf8.Valid(udp))
 	}
-	if len(udp) < MaxSyslogMessage-3 {
+	if len(udp) < MaxMessage-3 {
 		t.Fatalf("cut too early: %d bytes", len(udp))
 	}
 	if !strings.Contains(string(udp), ` kmsproxy.truncated="true"]`) {
@@ -213,19 +215,19 @@ func TestCEFEscaping(t *testing.T) {
 
 func TestNewSyslogSinkRejectsBadSettings(t *testing.T) {
 	for _, c := range []struct {
-		opts SyslogOptions
+		opts Options
 		want error
 	}{
-		{SyslogOptions{Address: "udp//x"}, ErrSyslogAddress},
-		{SyslogOptions{Address: "udp://noport"}, ErrSyslogAddress},
-		{SyslogOptions{Address: "http://h:1"}, ErrSyslogAddress},
-		{SyslogOptions{Address: "udp://h:1", Format: "leef"}, ErrSyslogOption},
-		{SyslogOptions{Address: "udp://h:1", Level: "loud"}, ErrSyslogOption},
-		{SyslogOptions{Address: "udp://h:1", Facility: 24}, ErrSyslogOption},
-		{SyslogOptions{Address: "tls://h:1", CAFile: "/nonexistent/ca.pem"}, ErrSyslogTLS},
-		{SyslogOptions{Address: "tls://h:1", CertFile: "/nonexistent/c.pem"}, ErrSyslogTLS},
+		{Options{Address: "udp//x"}, ErrAddress},
+		{Options{Address: "udp://noport"}, ErrAddress},
+		{Options{Address: "http://h:1"}, ErrAddress},
+		{Options{Address: "udp://h:1", Format: "leef"}, ErrOption},
+		{Options{Address: "udp://h:1", Level: "loud"}, ErrOption},
+		{Options{Address: "udp://h:1", Facility: 24}, ErrOption},
+		{Options{Address: "tls://h:1", CAFile: "/nonexistent/ca.pem"}, ErrTLS},
+		{Options{Address: "tls://h:1", CertFile: "/nonexistent/c.pem"}, ErrTLS},
 	} {
-		s, _, err := NewSyslogSink(c.opts, nil, nil)
+		s, _, err := NewSink(c.opts, nil, nil)
 		if !errors.Is(err, c.want) {
 			t.Errorf("%+v: err %v, want %v", c.opts, err, c.want)
 		}
@@ -242,7 +244,7 @@ func TestUDPSinkOneDatagramPerEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	sink, core, err := NewSyslogSink(SyslogOptions{Address: "udp://" + pc.LocalAddr().String(), Hostname: "h"}, nil, nil)
+	sink, core, err := NewSink(Options{Address: "udp://" + pc.LocalAddr().String(), Hostname: "h"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,10 +313,10 @@ func TestStalledCollectorNeverBlocksWrite(t *testing.T) {
 	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
 	var warned atomic.Uint64
 	var warnings atomic.Int32
-	sink, core, err := NewSyslogSink(SyslogOptions{
+	sink, core, err := NewSink(Options{
 		Address: "tcp://" + ln.Addr().String(), QueueSize: 8,
 		WriteTimeout: 200 * time.Millisecond, WarnInterval: 100 * time.Millisecond, FlushTimeout: 100 * time.Millisecond,
-	}, dropped, func(d SyslogDrops) { warned.Add(d.Total()); warnings.Add(1) })
+	}, dropped, func(d Drops) { warned.Add(d.Total()); warnings.Add(1) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,8 +371,8 @@ func TestReconnectsWithBackoff(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	var drops atomic.Uint64
-	sink, core, err := NewSyslogSink(SyslogOptions{Address: "tcp://" + addr, WarnInterval: 50 * time.Millisecond},
-		nil, func(d SyslogDrops) {
+	sink, core, err := NewSink(Options{Address: "tcp://" + addr, WarnInterval: 50 * time.Millisecond},
+		nil, func(d Drops) {
 			drops.Add(d.Disconnected)
 			if d.LastError == "" {
 				t.Error("drop report without the connection error")
@@ -417,11 +419,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func TestLogSyslogDropsEvent(t *testing.T) {
 	var b strings.Builder
-	log, err := NewLogger("info", "ecs", &b)
+	log, err := event.NewLogger("info", "ecs", &b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	LogSyslogDrops(log, SyslogDrops{QueueFull: 5, Disconnected: 2, LastError: "boom"})
+	LogDrops(log, Drops{QueueFull: 5, Disconnected: 2, LastError: "boom"})
 	out := b.String()
 	for _, want := range []string{`"log.level":"warn"`, `"event.action":"log-events-dropped"`, `"event.reason":"syslog-queue-full"`,
 		`"kmsproxy.log.dropped":7`, `"event.kind":"pipeline_error"`, `"error.message":"boom"`, `"message":"syslog sink dropped 7 events"`} {
@@ -446,7 +448,7 @@ func counterValue(t *testing.T, c prometheus.Counter) uint64 {
 // timeout.
 func TestWriteNeverWaitsForTheWriter(t *testing.T) {
 	ln, _ := stallListener(t)
-	sink, core, err := NewSyslogSink(SyslogOptions{
+	sink, core, err := NewSink(Options{
 		Address: "tcp://" + ln.Addr().String(), QueueSize: 16,
 		WriteTimeout: time.Minute, FlushTimeout: 100 * time.Millisecond,
 	}, nil, nil)

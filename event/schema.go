@@ -1,0 +1,275 @@
+package event
+
+import (
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/kmsproxy/kmsproxy/rpcparse"
+)
+
+// Actions (DESIGN Events). They are the event.action values SIEM searches
+// key on; never rename one.
+const (
+	ActionConnectionAccepted  = "connection-accepted"
+	ActionConnectionRefused   = "connection-refused"
+	ActionBindAllowed         = "bind-allowed"
+	ActionBindRefused         = "bind-refused"
+	ActionRequestRefused      = "request-refused"
+	ActionKMSActivation       = "kms-activation"
+	ActionProtocolViolation   = "protocol-violation"
+	ActionUpstreamUnavailable = "upstream-unavailable"
+	ActionConnectionClosed    = "connection-closed"
+	ActionConfigReloaded      = "config-reloaded"
+	ActionConfigReloadFailed  = "config-reload-failed"
+	ActionShadowDecision      = "shadow-decision"
+	ActionKMSDuplicateCMID    = "kms-duplicate-cmid"
+	ActionKMSClockSkew        = "kms-clock-skew"
+	ActionRateLimited         = "rate-limited"
+	// ActionPolicyAllowsNothing warns that the policy loaded at start or
+	// installed by a reload has no allow rule: every connection is refused
+	// at accept. Valid (a block-everything policy), never silent.
+	ActionPolicyAllowsNothing = "policy-allows-nothing"
+	// ActionLogEventsDropped is the event.action of the warning the syslog
+	// sink's owner logs when events were dropped (syslog.LogDrops).
+	ActionLogEventsDropped = "log-events-dropped"
+)
+
+// Outcomes: the event.outcome values.
+const (
+	OutcomeSuccess = "success"
+	OutcomeFailure = "failure"
+	OutcomeUnknown = "unknown"
+)
+
+// Reasons the proxy itself produces for its refusals and alerts (acl,
+// rpcparse, rpcparse/kms and assoc name their own).
+const (
+	ReasonConnectionLimit       = "connection-limit"
+	ReasonSourceConnectionLimit = "source-connection-limit"
+	ReasonHandshakeTimeout      = "handshake-timeout"
+	ReasonIdleTimeout           = "idle-timeout"
+	ReasonUpstreamUnreachable   = "upstream-unreachable"
+	ReasonShutdown              = "shutdown"
+	ReasonProxyHeader           = "proxy-header"
+	ReasonFDBudget              = "fd-budget"
+	ReasonInvalidConfig         = "invalid-config"
+	ReasonNoAllowRule           = "no-allow-rule" // policy-allows-nothing
+	ReasonClockSkew             = "clock-skew"
+	ReasonDuplicateCMID         = "duplicate-cmid"
+)
+
+// Close reasons: why a connection ended, in connection-closed's
+// kmsproxy.close_reason when it was not a refusal, a violation or one of
+// the reasons above.
+const (
+	ReasonClientClosed       = "client-closed"
+	ReasonClientEOFMidPDU    = "client-eof-mid-pdu"
+	ReasonClientReadError    = "client-read-error"
+	ReasonClientWriteError   = "client-write-error"
+	ReasonUpstreamClosed     = "upstream-closed"
+	ReasonUpstreamReadError  = "upstream-read-error"
+	ReasonUpstreamWriteError = "upstream-write-error"
+)
+
+// KMS results: the kmsproxy.kms_result of a kms-activation event and the
+// result label of kmsproxy_kms_activations_total.
+const (
+	KMSResultSuccess        = "success"
+	KMSResultRefusedByHost  = "refused-by-host"
+	KMSResultFault          = "fault"
+	KMSResultMalformedReply = "malformed-reply"
+	KMSResultNoReply        = "no-reply"
+	KMSResultRefused        = "refused" // by the proxy's policy; metric only
+)
+
+// eventTypes are the ECS event.type values for each action.
+var eventTypes = map[string][]string{
+	ActionConnectionAccepted:  {"connection", "start", "allowed"},
+	ActionConnectionRefused:   {"connection", "denied"},
+	ActionBindAllowed:         {"protocol", "allowed"},
+	ActionBindRefused:         {"protocol", "denied"},
+	ActionRequestRefused:      {"protocol", "denied"},
+	ActionKMSActivation:       {"protocol", "info"},
+	ActionProtocolViolation:   {"protocol", "denied"},
+	ActionUpstreamUnavailable: {"connection", "error"},
+	ActionConnectionClosed:    {"connection", "end"},
+	ActionConfigReloaded:      {"change"},
+	ActionConfigReloadFailed:  {"change", "error"},
+	ActionShadowDecision:      {"info"},
+	ActionKMSDuplicateCMID:    {"indicator", "info"},
+	ActionKMSClockSkew:        {"indicator", "info"},
+	ActionRateLimited:         {"protocol", "denied"},
+	ActionPolicyAllowsNothing: {"info"},
+}
+
+// Category is the event.category of every event but the configuration
+// ones.
+var Category = zap.Strings("event.category", []string{"network"})
+
+// fieldsCap is how many fields an action's event carries at most, so
+// building one allocates its slice once and never regrows it, yet small
+// events (a flood of connection-accepted) stay small.
+func fieldsCap(action string) int {
+	switch action {
+	case ActionKMSActivation:
+		return 40
+	case ActionBindAllowed, ActionBindRefused, ActionRequestRefused, ActionRateLimited, ActionShadowDecision:
+		return 24
+	}
+	return 16
+}
+
+// Fields returns the fields every event carries besides the connection's
+// own: event.kind, event.category, event.type, event.action,
+// event.outcome (always at index 4) and event.reason when there is one.
+func Fields(action, outcome, reason string) []zap.Field {
+	kind := "event"
+	if action == ActionKMSDuplicateCMID || action == ActionKMSClockSkew {
+		kind = "alert"
+	}
+	// Sized for the largest event (kms-activation), so building one never
+	// regrows the slice.
+	f := make([]zap.Field, 0, fieldsCap(action))
+	f = append(f,
+		zap.String("event.kind", kind),
+		Category,
+		zap.Strings("event.type", eventTypes[action]),
+		zap.String("event.action", action),
+		zap.String("event.outcome", outcome),
+	)
+	if reason != "" {
+		f = append(f, zap.String("event.reason", reason))
+	}
+	return f
+}
+
+// configFields are a configuration event's: its category adds
+// configuration, and it says when the config was loaded.
+func configFields(action, outcome, reason string) []zap.Field {
+	f := Fields(action, outcome, reason)
+	f[1] = zap.Strings("event.category", []string{"network", "configuration"})
+	return append(f, zap.Time("kmsproxy.config.loaded_at", time.Now()))
+}
+
+// ConnFields are the fields of a client connection, on each of its events.
+func ConnFields(id uint64, src, dst netip.AddrPort, zone string) []zap.Field {
+	return []zap.Field{
+		zap.String("source.ip", src.Addr().String()),
+		zap.Uint16("source.port", src.Port()),
+		zap.String("destination.ip", dst.Addr().String()),
+		zap.Uint16("destination.port", dst.Port()),
+		zap.String("network.transport", "tcp"),
+		zap.String("network.protocol", "dcerpc"),
+		zap.String("network.community_id", CommunityID(src, dst)),
+		zap.Uint64("kmsproxy.connection_id", id),
+		zap.String("kmsproxy.zone", zone),
+	}
+}
+
+// ZoneLabel is a zone's metric label: "none" for a source in no zone.
+func ZoneLabel(z string) string {
+	if z == "" {
+		return "none"
+	}
+	return z
+}
+
+// CommunityID computes the Community ID flow hash v1 (seed 0) for a TCP
+// flow, so events join with Suricata and Zeek records of the same flow.
+func CommunityID(src, dst netip.AddrPort) string {
+	const protoTCP = 6
+	a, b := src, dst
+	// Order the endpoints so both directions hash alike.
+	if c := a.Addr().Unmap().Compare(b.Addr().Unmap()); c > 0 || (c == 0 && a.Port() > b.Port()) {
+		a, b = b, a
+	}
+	buf := make([]byte, 0, 2+16+16+2+4)
+	buf = append(buf, 0, 0) // seed
+	buf = append(buf, a.Addr().Unmap().AsSlice()...)
+	buf = append(buf, b.Addr().Unmap().AsSlice()...)
+	buf = append(buf, protoTCP, 0)
+	buf = binary.BigEndian.AppendUint16(buf, a.Port())
+	buf = binary.BigEndian.AppendUint16(buf, b.Port())
+	sum := sha1.Sum(buf)
+	return "1:" + base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// UUIDText returns the text of a well-known interface UUID without
+// allocating; other UUIDs are formatted.
+func UUIDText(u rpcparse.UUID) string {
+	if t, ok := wellKnownUUIDText[u]; ok {
+		return t
+	}
+	return u.String()
+}
+
+var wellKnownUUIDText = func() map[rpcparse.UUID]string {
+	m := make(map[rpcparse.UUID]string, len(rpcparse.WellKnownInterfaces))
+	for _, i := range rpcparse.WellKnownInterfaces {
+		m[i.UUID] = i.UUID.String()
+	}
+	return m
+}()
+
+// VersionText is an interface version as dcerpc.interface.version shows
+// it ("1.0").
+func VersionText(s rpcparse.SyntaxID) string {
+	if s.Major < 10 && s.Minor < 10 {
+		return smallVersions[s.Major*10+s.Minor] // no allocation for the usual x.y
+	}
+	return itoa(int(s.Major)) + "." + itoa(int(s.Minor))
+}
+
+var smallVersions = func() (v [100]string) {
+	for i := range v {
+		v[i] = itoa(i/10) + "." + itoa(i%10)
+	}
+	return v
+}()
+
+func itoa(n int) string {
+	var b [12]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
+		}
+	}
+}
+
+// AppendBind adds a bind's (or alter_context's) first context and its
+// auth to f.
+func AppendBind(f []zap.Field, p *rpcparse.PDU) []zap.Field {
+	it := p.Bind.Contexts()
+	if it.Next() {
+		c := it.Context()
+		f = append(f,
+			zap.String("dcerpc.interface.uuid", UUIDText(c.Abstract.UUID)),
+			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(c.Abstract.UUID)),
+			zap.String("dcerpc.interface.version", VersionText(c.Abstract)),
+		)
+	}
+	f = append(f, zap.Uint8("dcerpc.context_count", p.Bind.NumContexts))
+	return AppendAuth(f, p)
+}
+
+// AppendAuth adds a PDU's authentication (dcerpc.auth.*, kmsproxy.auth_class)
+// to f.
+func AppendAuth(f []zap.Field, p *rpcparse.PDU) []zap.Field {
+	if !p.HasAuth {
+		return append(f, zap.String("dcerpc.auth.type", "none"))
+	}
+	return append(f,
+		zap.String("dcerpc.auth.type", p.Auth.Type.String()),
+		zap.String("dcerpc.auth.level", p.Auth.Level.String()),
+		zap.String("kmsproxy.auth_class", rpcparse.ClassifyAuth(p).String()),
+	)
+}
