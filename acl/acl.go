@@ -11,10 +11,10 @@
 //	if pol.HasKMSPolicy(d.RuleIndex) { d = pol.DecideKMS(d.RuleIndex, facts) }
 //
 // What it does not do: framing, call reassembly, context-id bookkeeping or
-// bind_ack tracking (those are the proxy's), and it never allows by default.
-// The zero Verdict is Deny, the zero Decision denies, a nil *Policy denies
-// everything, and a request no rule matches is denied with a reason saying
-// how close the nearest allow rule came.
+// bind_ack tracking (those are rpcparse's and assoc's), and it never allows
+// by default. The zero Verdict is Deny, the zero Decision denies, a nil
+// *Policy denies everything, and a request no rule matches is denied with a
+// reason saying how close the nearest allow rule came.
 package acl
 
 import "errors"

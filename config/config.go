@@ -7,6 +7,7 @@
 //	var ve *config.ValidationError
 //	if errors.As(err, &ve) { for _, p := range ve.Problems { … p.Path, p.Message } }
 //	pol := cfg.Policy // never nil when err == nil
+//	rt, err := config.NewRuntime(cfg) // the live policy and the shadow one, loaded beside it
 //
 // Defaults are named values copied in before decoding; unknown keys are
 // errors; KMSPROXY_<PATH> environment variables (KMSPROXY_LIMITS_IDLE_TIMEOUT)

@@ -2,8 +2,18 @@
 // DCE/RPC: it lets through only the KMS activation interface and refuses
 // everything else before it reaches the KMS host. See README.md.
 //
-// The command is thin: each subcommand lives in its own file and calls into
-// the proxy, config and rpcparse packages.
+//	kmsproxy serve --config /etc/kmsproxy/kmsproxy.yaml   # run the proxy (SIGHUP or a file change reloads)
+//	kmsproxy check --config kmsproxy.yaml                 # validate a config, print the effective policy
+//	kmsproxy replay --config kmsproxy.yaml dmz.pcapng     # what the policy would decide on a capture
+//	kmsproxy decode dmz.pcapng                            # the PDUs of a capture, as JSON
+//	kmsproxy probe kms-proxy.dmz.example:1688             # audit an endpoint from the client side
+//	kmsproxy healthcheck                                  # the container's HEALTHCHECK: /healthz
+//
+// The command is thin: each subcommand lives in its own file and wires
+// config, proxy, admin, event (and event/syslog), replay, capture and probe
+// together; it holds no protocol rule or policy decision of its own. It
+// refuses to start on an invalid config (exit 1): there is no partially
+// valid or log-only mode.
 package main
 
 import (

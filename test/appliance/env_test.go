@@ -1,7 +1,3 @@
-// Package appliance tests kmsproxy as an admin deploys and audits it: the
-// probe against the proxy and against a plain relay, the replay of real
-// captures, PROXY protocol behind a load balancer, and the shadow policy.
-// Everything runs on loopback with real TCP.
 package appliance
 
 import (

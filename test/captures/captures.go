@@ -5,6 +5,10 @@
 //
 //	c, err := captures.Load("win10-v6")   // c.C2S[0] is the client's bind
 //	all, err := captures.All()
+//
+// It reads only testdata/kms, found from this source file, so a fresh clone
+// runs the tests as it is; it does not parse or check the PDUs it returns
+// (that is what the tests do) and reads no pcap (package capture does).
 package captures
 
 import (

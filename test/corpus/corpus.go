@@ -9,7 +9,10 @@
 //	st, err := corpus.Write(&buf, corpus.CaptureDir())
 //
 // The output is deterministic; dcerpc-corpus.pcap beside this file is a
-// committed copy (regenerate with `go test ./test/corpus -update`).
+// committed copy (regenerate with `go test ./test/corpus -update`). The
+// corpus is decoding input, not a policy test: it says nothing about what
+// the proxy allows, and the credentials in its auth trailers are dummies
+// that authenticate nothing.
 package corpus
 
 import (

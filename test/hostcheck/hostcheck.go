@@ -5,6 +5,10 @@
 // stub is a RequestActivation that decodes as a KMS V4, V5 or V6 request, in
 // the byte order the PDU declares, with no auth trailer on anything.
 //
+//	if err := hostcheck.Check(pdu); err != nil { … }  // one PDU on its own
+//	c := hostcheck.NewConn(nil)                       // one per host connection
+//	for _, pdu := range received { if err := c.Check(pdu); err != nil { … } }
+//
 // It is deliberately independent of the proxy: it reads the PDU with its
 // own small, strict, bounds-checked reader (encoding/binary in the byte
 // order of drep[0]) and never calls rpcparse, so a bug in the proxy's parser

@@ -1,7 +1,3 @@
-// Package thirdparty aims real third-party DCE/RPC clients shipped by Debian
-// (python3-impacket, Samba's rpcclient from smbclient) at the proxy and
-// asserts that every enumeration attempt is refused before a byte reaches
-// the recording KMS host fixture.
 package thirdparty
 
 import (
