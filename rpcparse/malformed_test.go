@@ -491,7 +491,7 @@ func touchAll(p *PDU) {
 // A bind_ack whose n_results claims more results than it carries is
 // refused, and reading its results afterwards (as decode does to describe
 // the refused PDU) gives zero values, not a panic. Found by FuzzRead
-// (proxy/capture/testdata/fuzz/FuzzRead/7fc04fb31c5e9ad7).
+// (capture/testdata/fuzz/FuzzRead/7fc04fb31c5e9ad7).
 func TestAccessorsSafeAfterFailedParse(t *testing.T) {
 	frag := AppendBindAck(nil, PDUHead{Type: PTypeBindAck, Flags: 3, DataRep: LittleEndianDataRep, CallID: 1},
 		BindAckSpec{MaxXmitFrag: 5840, MaxRecvFrag: 5840, SecAddr: []byte("1688\x00"),
