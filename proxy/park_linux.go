@@ -1,8 +1,9 @@
-//go:build linux
+//go:build linux && !kmsproxy_portable
 
 package proxy
 
 import (
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -10,6 +11,10 @@ import (
 
 	"golang.org/x/sys/unix"
 )
+
+// CanPark says whether this build parks connections (Parked counts them):
+// it does, in epoll. The kmsproxy_portable tag builds park_other.go instead.
+const CanPark = true
 
 // parker holds connections that have sent nothing yet, and bound ones
 // quiet between calls, in one epoll set instead of a goroutine and read
@@ -82,18 +87,26 @@ func (s *Server) park(sess *session) bool {
 // hostPoller reports, with one poll(2) and no wait, whether the host's
 // socket has bytes or an end of stream waiting. The raw conn, the callback
 // and the pollfd are made once per upstream connection, so asking before
-// every client PDU allocates nothing.
+// every client PDU allocates nothing. A conn without a raw socket (a
+// test's pipe, a wrapped conn) is asked as in the portable build, with a
+// one-byte probe read (probeReader).
 type hostPoller struct {
+	c     net.Conn
 	rc    syscall.RawConn
+	probe *probeReader // only without rc
 	fds   [1]unix.PollFd
 	ready bool
 	check func(fd uintptr)
 }
 
 func newHostPoller(c net.Conn) *hostPoller {
-	h := &hostPoller{}
+	h := &hostPoller{c: c}
 	if raw, ok := c.(syscall.Conn); ok {
 		h.rc, _ = raw.SyscallConn()
+	}
+	if h.rc == nil {
+		h.probe = newProbeReader(c)
+		return h
 	}
 	h.check = func(fd uintptr) {
 		h.fds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
@@ -103,11 +116,19 @@ func newHostPoller(c net.Conn) *hostPoller {
 	return h
 }
 
-// readable is true when bytes may be waiting: a conn without a raw socket
-// (tests' pipes) is read with the caller's short deadline instead.
+// source is what the host's framer reads: the conn itself, or the probe
+// when there is one, so that what it read is not lost.
+func (h *hostPoller) source() io.Reader {
+	if h.probe != nil {
+		return h.probe
+	}
+	return h.c
+}
+
+// readable reports bytes or an end of stream waiting from the host.
 func (h *hostPoller) readable() bool {
-	if h.rc == nil {
-		return true
+	if h.probe != nil {
+		return h.probe.probe()
 	}
 	h.ready = false
 	if h.rc.Control(h.check) != nil {

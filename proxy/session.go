@@ -136,7 +136,7 @@ func (s *session) serve() (parked bool) {
 		canPark := false
 		if s.a.BindSeen() {
 			deadline = s.lastActive.Add(rt.Config.Limits.IdleTimeout)
-			if park := time.Now().Add(idleParkAfter); park.Before(deadline) && s.a.Idle() && s.clientFr.Buffered() == 0 {
+			if park := time.Now().Add(idleParkAfter); CanPark && park.Before(deadline) && s.a.Idle() && s.clientFr.Buffered() == 0 {
 				deadline, canPark = park, true
 			}
 		} else {
@@ -413,9 +413,11 @@ func (s *session) connectUpstream(rt *config.Runtime, p *rpcparse.PDU) bool {
 			return false
 		}
 		s.hostBuf = getBuffer(hostFrameSize(s.maxFrg))
-		s.hostFr = rpcparse.NewFramerBuffer(countingReader{c, &s.hostBytes}, *s.hostBuf)
-		s.hostPDU = new(rpcparse.PDU)
+		// The framer reads the host through its poller, which may hold a
+		// byte it probed (park_other.go).
 		s.hostPoll = newHostPoller(c)
+		s.hostFr = rpcparse.NewFramerBuffer(countingReader{s.hostPoll.source(), &s.hostBytes}, *s.hostBuf)
+		s.hostPDU = new(rpcparse.PDU)
 		return true
 	}
 	s.srv.releaseFD()
@@ -602,7 +604,8 @@ const unsolicitedWait = 50 * time.Millisecond
 // hostQuiet checks what the host sent that nobody asked for and reports
 // whether the association may go on. Such PDUs never reach the client (the
 // host is read only while the client waits for an answer); a shutdown is
-// relayed, anything else is a violation. One poll(2) when nothing waits.
+// relayed, anything else is a violation. One poll(2) when nothing waits
+// (on the portable build a one-byte read waiting probeWait, park_other.go).
 func (s *session) hostQuiet() bool {
 	for s.hostFr.Buffered() > 0 || s.hostPoll.readable() {
 		s.upstream.SetReadDeadline(time.Now().Add(unsolicitedWait))
