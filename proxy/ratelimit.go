@@ -3,14 +3,11 @@ package proxy
 import (
 	"net/netip"
 	"sync"
-	"syscall"
 	"time"
 )
 
-var (
-	errEMFILE = syscall.EMFILE
-	errENFILE = syscall.ENFILE
-)
+// errEMFILE and errENFILE, the accept errors of a process or system out of
+// descriptors (Serve backs off on them), are per platform: fdlimit_*.go.
 
 // maxRateEntries bounds the per-source rate table: a flood from many
 // spoofed-looking sources cannot grow it without limit. Past it, idle

@@ -137,6 +137,8 @@ func serve(path string) error {
 		zap.String("file.path", path))
 
 	// Reload on SIGHUP and on file change; a bad file keeps the old policy.
+	// Windows has no SIGHUP (Notify never fires for it there): the file
+	// watch reloads on every platform.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

@@ -11,11 +11,6 @@ import (
 	"time"
 )
 
-// ipBindAddressNoPort (IP_BIND_ADDRESS_NO_PORT) defers the choice of the
-// local port from bind to connect, so clients bound to a chosen loopback
-// source reuse TIME_WAIT ports like unbound ones do instead of running out.
-const ipBindAddressNoPort = 24
-
 // CheckLoopback refuses any address outside 127.0.0.0/8: the harness is a
 // flood generator and must never point at a real network.
 func CheckLoopback(hostport string) error {
@@ -65,13 +60,7 @@ func dialers(srcs []netip.Addr, timeout time.Duration) []*net.Dialer {
 		out[i] = &net.Dialer{
 			Timeout:   timeout,
 			LocalAddr: &net.TCPAddr{IP: s.AsSlice()},
-			Control: func(_, _ string, c syscall.RawConn) error {
-				var serr error
-				c.Control(func(fd uintptr) {
-					serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
-				})
-				return serr
-			},
+			Control:   bindNoPort, // sys_unix.go, sys_windows.go
 		}
 	}
 	return out
@@ -163,20 +152,4 @@ func activateOnce(ctx context.Context, d *net.Dialer, addr string, ex *Exchange,
 	}
 	defer c.Close()
 	return roundTrip(c, buf, ex.Requests[0], ptypeResponse)
-}
-
-// raiseNoFile lifts the soft open-file limit to the hard one (the Go
-// runtime already does this at start; kept explicit for clarity).
-func raiseNoFile() (uint64, error) {
-	var r syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
-		return 0, err
-	}
-	if r.Cur < r.Max {
-		r.Cur = r.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
-			return 0, err
-		}
-	}
-	return r.Cur, nil
 }

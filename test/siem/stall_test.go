@@ -1,3 +1,8 @@
+//go:build unix
+
+// SO_RCVBUF is set through the unix setsockopt signature (a Windows
+// socket is a syscall.Handle); the package drives rsyslog, a Linux test.
+
 package siem
 
 import (
