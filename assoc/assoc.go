@@ -137,6 +137,9 @@ type Step struct {
 	// Out is what Forward sends: the PDU as received, or the held
 	// fragments of the call it completes.
 	Out []byte
+	// Stub is the whole stub of the call Forward completes, as checked:
+	// what a terminating gateway sends on its own association.
+	Stub []byte
 	// Auth is the PDU's auth class (bind, alter_context, auth3).
 	Auth rpcparse.AuthClass
 	// Iface is the interface of the refused auth3 context or of the call;
@@ -248,6 +251,10 @@ func (a *Assoc) Idle() bool { return a.state == Bound }
 // BindSeen reports whether a bind was forwarded: the idle timeout rather
 // than the handshake timeout applies.
 func (a *Assoc) BindSeen() bool { return a.bound }
+
+// Auth is what the association's bind negotiated and its auth class
+// (an auth3 may have changed it), for the events that report it.
+func (a *Assoc) Auth() (NegotiatedAuth, rpcparse.AuthClass) { return a.negAuth, a.auth }
 
 // Context returns the live context id.
 func (a *Assoc) Context(id uint16) (Context, bool) {
@@ -560,7 +567,7 @@ func (a *Assoc) onRequest(env *Env, p *rpcparse.PDU, frag []byte) Step {
 	}
 	a.call = c
 	st.Call = &a.call
-	st.Verdict, st.Reason, st.Out = Forward, st.Decision.Reason, out
+	st.Verdict, st.Reason, st.Out, st.Stub = Forward, st.Decision.Reason, out, stub
 	a.state = CallSent
 	// Out may point into the held fragments: they go back to the pool at
 	// the next step, once the driver has written them.

@@ -353,6 +353,14 @@ const (
 	ResultNegotiateAck      uint16 = 3
 )
 
+// Provider rejection reasons (C706 12.6.3.1, p_provider_reason_t).
+const (
+	ProviderReasonNotSpecified     uint16 = 0
+	ProviderReasonAbstractSyntax   uint16 = 1 // abstract syntax not supported
+	ProviderReasonTransferSyntaxes uint16 = 2 // proposed transfer syntaxes not supported
+	ProviderReasonLocalLimit       uint16 = 3 // local limit exceeded
+)
+
 const resultLen = 4 + syntaxIDLen
 
 // BindAck is the body of a bind_ack or alter_context_resp (C706 12.6.4.4).
