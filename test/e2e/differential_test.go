@@ -51,6 +51,11 @@ func runLive(t *testing.T, e *env, s diffStream) liveRun {
 	t.Helper()
 	before := e.Host.Connections()
 	beforeRecs := len(e.Host.Received())
+	// Every earlier stream's events were written before its
+	// connection-closed, which runLive waited for: this stream's events
+	// are the ones after these. (Source ports are reused, so a port alone
+	// does not tell connections apart.)
+	beforeEvents := len(e.Events(""))
 	cl := e.Dial(srcDMZ)
 	local := cl.Conn.LocalAddr().String()
 	cl.SendErr(s.bytes)
@@ -62,8 +67,8 @@ func runLive(t *testing.T, e *env, s diffStream) liveRun {
 	var closed map[string]any
 	deadline := time.Now().Add(5 * time.Second)
 	for closed == nil && time.Now().Before(deadline) {
-		for _, ev := range e.Events("connection-closed") {
-			if ev["source.port"] == port {
+		for _, ev := range e.Events("")[beforeEvents:] {
+			if ev["event.action"] == "connection-closed" && ev["source.port"] == port {
 				closed = ev
 			}
 		}
@@ -75,7 +80,7 @@ func runLive(t *testing.T, e *env, s diffStream) liveRun {
 		t.Fatalf("%s: no connection-closed for %s", s.name, local)
 	}
 	var r liveRun
-	for _, ev := range e.Events("") {
+	for _, ev := range e.Events("")[beforeEvents:] {
 		if ev["source.port"] == port && refusalActions[fmt.Sprint(ev["event.action"])] {
 			r.refusals = append(r.refusals, ev)
 		}
