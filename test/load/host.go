@@ -25,12 +25,48 @@ type Host struct {
 
 	Accepted atomic.Int64 // connections accepted
 	Answered atomic.Int64 // PDUs answered
+	Open     atomic.Int64 // connections open now
+
+	// Since the last ResetWindow: the most connections open at once, and
+	// how many distinct connections answered at least one PDU (a pooling
+	// proxy should need few; a blind relay one per client connection).
+	peak  atomic.Int64
+	used  atomic.Int64
+	epoch atomic.Uint64
+	reset sync.Mutex
+}
+
+// ResetWindow starts a new measuring window for OpenPeak and Used.
+func (h *Host) ResetWindow() {
+	h.reset.Lock()
+	defer h.reset.Unlock()
+	h.epoch.Add(1)
+	h.used.Store(0)
+	h.peak.Store(h.Open.Load())
+}
+
+// OpenPeak is the most connections open at once since ResetWindow.
+func (h *Host) OpenPeak() int64 { return h.peak.Load() }
+
+// Used is the number of distinct connections that answered a PDU since
+// ResetWindow.
+func (h *Host) Used() int64 { return h.used.Load() }
+
+func (h *Host) opened() {
+	n := h.Open.Add(1)
+	for {
+		p := h.peak.Load()
+		if n <= p || h.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
 }
 
 // NewHost builds the reply table from caps; where several captures share a
 // request (they all share the bind) the capture named prefer answers.
 func NewHost(ln net.Listener, caps []Capture, prefer string) *Host {
 	h := &Host{ln: ln, replies: map[string][]byte{}, conns: map[net.Conn]struct{}{}}
+	h.epoch.Store(1) // a connection's first answer always counts (its seen starts at 0)
 	add := func(c Capture) {
 		for i, req := range c.C2S {
 			if i >= len(c.S2C) {
@@ -83,6 +119,7 @@ func (h *Host) Serve() error {
 			return err
 		}
 		h.Accepted.Add(1)
+		h.opened()
 		h.mu.Lock()
 		h.conns[c] = struct{}{}
 		h.wg.Add(1)
@@ -106,6 +143,7 @@ func (h *Host) serveConn(c net.Conn) {
 	defer h.wg.Done()
 	defer func() {
 		c.Close()
+		h.Open.Add(-1)
 		h.mu.Lock()
 		delete(h.conns, c)
 		h.mu.Unlock()
@@ -114,6 +152,7 @@ func (h *Host) serveConn(c net.Conn) {
 	out := make([]byte, 0, 1024)
 	key := make([]byte, maxFrag)
 	start, end := 0, 0
+	var seen uint64 // the window this connection was last counted in
 	for {
 		n, err := c.Read(buf[end:])
 		if n == 0 && err != nil {
@@ -134,6 +173,10 @@ func (h *Host) serveConn(c net.Conn) {
 			start += fl
 		}
 		if len(out) > 0 {
+			if e := h.epoch.Load(); e != seen {
+				seen = e
+				h.used.Add(1)
+			}
 			if _, err := c.Write(out); err != nil {
 				return
 			}

@@ -24,8 +24,10 @@ type Options struct {
 	Count       int64         // … or after this many operations (0: no count)
 	Timeout     time.Duration // per activation (or per request) I/O deadline
 	Exchange    Exchange
-	PerConn     int   // keepalive: requests per connection before reconnecting (0: unlimited)
-	PIDs        []int // proxy processes whose CPU, RSS and fds are sampled
+	PerConn     int    // keepalive: requests per connection before reconnecting (0: unlimited)
+	PIDs        []int  // proxy processes whose CPU, RSS and fds are sampled
+	HostPIDs    []int  // KMS host processes, sampled apart from the proxy's
+	HostStats   string // kmshost -stats address: host connections per run
 	Label, Test string
 }
 
@@ -61,6 +63,9 @@ type Result struct {
 	Errors             map[string]int64
 	Lat                Hist
 	Before, After      ProcSample
+	HostBefore         ProcSample // the KMS host's processes (HostPIDs)
+	HostAfter          ProcSample
+	Host               *HostConns // with HostStats
 	LoadBefore, LoadAt string
 	Conns              int64 // connections opened (keepalive)
 }
@@ -79,6 +84,22 @@ func (r *Result) CPUPerOp() time.Duration {
 		return 0
 	}
 	return (r.After.CPU - r.Before.CPU) / time.Duration(r.OK)
+}
+
+// HostCPUPerOp is the KMS host's CPU time per successful operation.
+func (r *Result) HostCPUPerOp() time.Duration {
+	if r.OK == 0 || r.HostAfter.At.IsZero() {
+		return 0
+	}
+	return (r.HostAfter.CPU - r.HostBefore.CPU) / time.Duration(r.OK)
+}
+
+// HostConns is what a run cost the KMS host in connections.
+type HostConns struct {
+	Used        int64 `json:"used"`      // distinct connections that answered a PDU during the run
+	Accepted    int64 `json:"accepted"`  // connections the host accepted during the run
+	OpenPeak    int64 `json:"open_peak"` // most open at once
+	OpenAtStart int64 `json:"open_at_start"`
 }
 
 func (r *Result) errorTotal() int64 {
@@ -127,6 +148,14 @@ func (r *Result) Print(w io.Writer) {
 			us(r.CPUPerOp()), strings.TrimSuffix(unit, "s"), (r.After.CPU - r.Before.CPU).Seconds(), r.Elapsed.Seconds(),
 			100*(r.After.CPU-r.Before.CPU).Seconds()/r.Elapsed.Seconds(), kib(r.Before.RSS), kib(r.After.RSS), r.Before.FDs, r.After.FDs, r.After.Threads)
 	}
+	if !r.HostAfter.At.IsZero() {
+		fmt.Fprintf(w, "  host: CPU %s per %s (%.2fs over %.1fs = %.0f%% of one core)\n",
+			us(r.HostCPUPerOp()), strings.TrimSuffix(unit, "s"), (r.HostAfter.CPU - r.HostBefore.CPU).Seconds(), r.Elapsed.Seconds(),
+			100*(r.HostAfter.CPU-r.HostBefore.CPU).Seconds()/r.Elapsed.Seconds())
+	}
+	if h := r.Host; h != nil {
+		fmt.Fprintf(w, "  host connections: %d used, %d accepted, %d open at the start, %d open at most\n", h.Used, h.Accepted, h.OpenAtStart, h.OpenPeak)
+	}
 	fmt.Fprintf(w, "  load average: %s → %s\n", r.LoadBefore, r.LoadAt)
 }
 
@@ -136,22 +165,24 @@ func kib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
 // Record is the JSON line a run appends for the comparison report.
 type Record struct {
-	Mode        string           `json:"mode"`
-	Label       string           `json:"label"`
-	Test        string           `json:"test"`
-	Concurrency int              `json:"concurrency"`
-	Seconds     float64          `json:"seconds"`
-	OK          int64            `json:"ok"`
-	Errors      map[string]int64 `json:"errors,omitempty"`
-	Rate        float64          `json:"rate"`
-	P50us       float64          `json:"p50_us"`
-	P90us       float64          `json:"p90_us"`
-	P99us       float64          `json:"p99_us"`
-	MaxUs       float64          `json:"max_us"`
-	CPUPerOpUs  float64          `json:"cpu_per_op_us,omitempty"`
-	CPUSeconds  float64          `json:"cpu_seconds,omitempty"`
-	RSSAfter    int64            `json:"rss_after,omitempty"`
-	Load        string           `json:"load"`
+	Mode           string           `json:"mode"`
+	Label          string           `json:"label"`
+	Test           string           `json:"test"`
+	Concurrency    int              `json:"concurrency"`
+	Seconds        float64          `json:"seconds"`
+	OK             int64            `json:"ok"`
+	Errors         map[string]int64 `json:"errors,omitempty"`
+	Rate           float64          `json:"rate"`
+	P50us          float64          `json:"p50_us"`
+	P90us          float64          `json:"p90_us"`
+	P99us          float64          `json:"p99_us"`
+	MaxUs          float64          `json:"max_us"`
+	CPUPerOpUs     float64          `json:"cpu_per_op_us,omitempty"`
+	CPUSeconds     float64          `json:"cpu_seconds,omitempty"`
+	RSSAfter       int64            `json:"rss_after,omitempty"`
+	HostCPUPerOpUs float64          `json:"host_cpu_per_op_us,omitempty"`
+	Host           *HostConns       `json:"host_conns,omitempty"`
+	Load           string           `json:"load"`
 	// idle mode
 	Idle *IdleResult `json:"idle,omitempty"`
 }
@@ -165,6 +196,7 @@ func (r *Result) Record() Record {
 		OK: r.OK, Errors: r.Errors, Rate: r.Rate(),
 		P50us: f(h.Quantile(.5)), P90us: f(h.Quantile(.9)), P99us: f(h.Quantile(.99)), MaxUs: f(h.Max()),
 		CPUPerOpUs: f(r.CPUPerOp()), CPUSeconds: (r.After.CPU - r.Before.CPU).Seconds(), RSSAfter: r.After.RSS,
+		HostCPUPerOpUs: f(r.HostCPUPerOp()), Host: r.Host,
 		Load: r.LoadAt,
 	}
 }
@@ -231,6 +263,18 @@ func run(ctx context.Context, o *Options, mode string, fn func(*runState, *worke
 	st.budget.Store(o.Count)
 	res := &Result{Mode: mode, Label: o.Label, Test: o.Test, Concurrency: o.Concurrency, Errors: map[string]int64{}, LoadBefore: LoadAvg()}
 	var err error
+	var hostStart HostStats
+	if o.HostStats != "" {
+		if err = ResetHostStats(o.HostStats); err != nil {
+			return nil, fmt.Errorf("host stats: %w", err)
+		}
+		if hostStart, err = ReadHostStats(o.HostStats); err != nil {
+			return nil, fmt.Errorf("host stats: %w", err)
+		}
+	}
+	if res.HostBefore, err = SampleProcs(o.HostPIDs); err != nil {
+		return nil, err
+	}
 	if res.Before, err = SampleProcs(o.PIDs); err != nil {
 		return nil, err
 	}
@@ -251,6 +295,18 @@ func run(ctx context.Context, o *Options, mode string, fn func(*runState, *worke
 		if res.After, err = SampleProcs(o.PIDs); err != nil {
 			return nil, err
 		}
+	}
+	if len(o.HostPIDs) > 0 {
+		if res.HostAfter, err = SampleProcs(o.HostPIDs); err != nil {
+			return nil, err
+		}
+	}
+	if o.HostStats != "" {
+		end, err := ReadHostStats(o.HostStats)
+		if err != nil {
+			return nil, fmt.Errorf("host stats: %w", err)
+		}
+		res.Host = &HostConns{Used: end.Used, Accepted: end.Accepted - hostStart.Accepted, OpenPeak: end.OpenPeak, OpenAtStart: hostStart.Open}
 	}
 	res.LoadAt = LoadAvg()
 	for _, w := range outs {

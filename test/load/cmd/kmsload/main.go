@@ -5,7 +5,7 @@
 //	kmsload keepalive -addr 127.0.0.1:21689 -c 8 -d 10s
 //	kmsload idle      -addr 127.0.0.1:21689 -n 10000 [-bind] -hold 20s -pid PID
 //	kmsload soak      -addr 127.0.0.1:21689 -d 10m -pid PID -metrics http://127.0.0.1:9464/metrics
-//	kmsload report    results.jsonl
+//	kmsload report    [-pool-size N] results.jsonl
 //
 // Every mode stops by itself (duration or count) and refuses addresses
 // outside 127.0.0.0/8.
@@ -79,7 +79,7 @@ func newCommon(name, defCapture string) *common {
 		pids:     fs.String("pid", "", "proxy process id(s), comma-separated: CPU, RSS and fds are read from /proc"),
 		srcFirst: fs.String("src", "127.0.0.1", "first client source address"),
 		srcN:     fs.Int("sources", 0, "number of client source addresses from -src (0: let the kernel choose, 127.0.0.1)"),
-		label:    fs.String("label", "", "label for the report (direct, haproxy, kmsproxy)"),
+		label:    fs.String("label", "", "label for the report (direct, haproxy, nginx, kmsproxy)"),
 		jsonOut:  fs.String("json", "", "append a JSON line with the result to this file"),
 	}
 }
@@ -127,6 +127,8 @@ func runLoad(ctx context.Context, mode string, args []string) error {
 	timeout := c.fs.Duration("timeout", 10*time.Second, "per activation (per request) I/O deadline")
 	perConn := c.fs.Int("per-conn", 0, "keepalive: requests per connection before reconnecting (0: until the end)")
 	test := c.fs.String("test", "", "test name for the report (throughput, latency)")
+	hostPIDs := c.fs.String("host-pid", "", "KMS host process id(s): its CPU per activation is reported apart from the proxy's")
+	hostStats := c.fs.String("host-stats", "", "kmshost -stats address (127.0.0.1:PORT): host connections used during the run")
 	c.fs.Parse(args)
 	ex, err := c.exchange()
 	if err != nil {
@@ -136,11 +138,20 @@ func runLoad(ctx context.Context, mode string, args []string) error {
 	if err != nil {
 		return err
 	}
+	hpids, err := load.ParsePIDs(*hostPIDs)
+	if err != nil {
+		return err
+	}
+	if *hostStats != "" {
+		if err := load.CheckLoopback(*hostStats); err != nil {
+			return err
+		}
+	}
 	srcs, err := c.sources()
 	if err != nil {
 		return err
 	}
-	o := load.Options{Addr: *c.addr, Sources: srcs, Concurrency: *conc, Duration: *dur, Count: *count, Timeout: *timeout,
+	o := load.Options{HostPIDs: hpids, HostStats: *hostStats, Addr: *c.addr, Sources: srcs, Concurrency: *conc, Duration: *dur, Count: *count, Timeout: *timeout,
 		Exchange: ex, PerConn: *perConn, PIDs: pids, Label: *c.label, Test: *test}
 	var res *load.Result
 	if mode == "activate" {
@@ -222,10 +233,13 @@ func runSoak(ctx context.Context, args []string) error {
 }
 
 func runReport(args []string) error {
-	if len(args) != 1 {
-		return fmt.Errorf("usage: kmsload report RESULTS.jsonl")
+	fs := flag.NewFlagSet("report", flag.ExitOnError)
+	pool := fs.Int("pool-size", 0, "kmsproxy's upstream pool size, for the host-connections target (0: no pool)")
+	fs.Parse(args)
+	if fs.NArg() != 1 {
+		return fmt.Errorf("usage: kmsload report [-pool-size N] RESULTS.jsonl")
 	}
-	f, err := os.Open(args[0])
+	f, err := os.Open(fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -234,6 +248,6 @@ func runReport(args []string) error {
 	if err != nil {
 		return err
 	}
-	load.Report(os.Stdout, recs)
+	load.ReportWith(os.Stdout, recs, load.ReportOptions{PoolSize: *pool})
 	return nil
 }
