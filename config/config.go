@@ -113,8 +113,17 @@ type Limits struct {
 type Log struct {
 	Level  string `mapstructure:"level"`  // debug | info | warn | error
 	Format string `mapstructure:"format"` // ecs | console
-	Syslog Syslog `mapstructure:"syslog"`
+	// Allowed is how much of the allowed path is logged: summary (one
+	// kms-activation per call carrying the bind facts, and
+	// connection-closed) or detail (also connection-accepted and each
+	// bind-allowed). Refusals, violations and alerts are always logged.
+	Allowed string `mapstructure:"allowed"`
+	Syslog  Syslog `mapstructure:"syslog"`
 }
+
+// AllowedDetail reports whether the allowed path is logged in detail
+// (connection-accepted and bind-allowed as well as the summary events).
+func (l *Log) AllowedDetail() bool { return l.Allowed == LogAllowedDetail }
 
 // Syslog is the optional remote sink.
 type Syslog struct {
@@ -165,8 +174,13 @@ const (
 
 	DefaultLogLevel        = "info"
 	DefaultLogFormat       = "ecs"
+	DefaultLogAllowed      = LogAllowedSummary
 	DefaultSyslogFormat    = "rfc5424"
 	DefaultSyslogQueueSize = 4096 // events buffered for a slow sink before dropping
+
+	// log.allowed values.
+	LogAllowedSummary = "summary"
+	LogAllowedDetail  = "detail"
 
 	DefaultManagementListen = "127.0.0.1:9464"
 	DefaultReadyInterval    = 10 * time.Second
@@ -196,9 +210,10 @@ func Default() Config {
 			ShutdownGrace:                 DefaultShutdownGrace,
 		},
 		Log: Log{
-			Level:  DefaultLogLevel,
-			Format: DefaultLogFormat,
-			Syslog: Syslog{Format: DefaultSyslogFormat, QueueSize: DefaultSyslogQueueSize},
+			Level:   DefaultLogLevel,
+			Format:  DefaultLogFormat,
+			Allowed: DefaultLogAllowed,
+			Syslog:  Syslog{Format: DefaultSyslogFormat, QueueSize: DefaultSyslogQueueSize},
 		},
 		Management: Management{Listen: DefaultManagementListen, ReadyInterval: DefaultReadyInterval},
 		KMSWatch: KMSWatch{

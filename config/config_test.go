@@ -90,6 +90,7 @@ func TestBadFixtures(t *testing.T) {
 		{"timeout-garbage", "limits.upstream_connect_timeout", "not a duration"},
 		{"log-level", "log.level", `got "verbose"`},
 		{"log-format", "log.format", `got "xml"`},
+		{"log-allowed", "log.allowed", `must be summary or detail, got "none"`},
 		{"syslog-format", "log.syslog.format", `got "leef"`},
 		{"syslog-scheme", "log.syslog.address", `scheme "http"`},
 		{"syslog-ca-without-tls", "log.syslog.ca_file", "only used with a tls:// address"},
@@ -214,7 +215,7 @@ func TestDefaults(t *testing.T) {
 			HandshakeTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
 			UpstreamConnectTimeout: 3 * time.Second, ShutdownGrace: 10 * time.Second,
 		}},
-		{"log", cfg.Log, Log{Level: "info", Format: "ecs", Syslog: Syslog{Format: "rfc5424", QueueSize: 4096}}},
+		{"log", cfg.Log, Log{Level: "info", Format: "ecs", Allowed: "summary", Syslog: Syslog{Format: "rfc5424", QueueSize: 4096}}},
 		{"management", cfg.Management, Management{Listen: "127.0.0.1:9464", ReadyInterval: 10 * time.Second}},
 		{"shadow", cfg.Shadow, Shadow{}},
 		{"kms_watch", cfg.KMSWatch, KMSWatch{DuplicateWindow: 24 * time.Hour, MaxClockSkew: 4 * time.Hour, MaxTracked: 65536}},
@@ -255,7 +256,7 @@ func TestGoodConfig(t *testing.T) {
 	if cfg.Shadow.Config != filepath.Join("testdata", "candidate.yaml") {
 		t.Errorf("shadow path not resolved against the config's directory: %q", cfg.Shadow.Config)
 	}
-	if cfg.Log.Syslog.Address != "tls://siem.corp.example:6514" || cfg.Log.Syslog.QueueSize != 1024 ||
+	if cfg.Log.Syslog.Address != "tls://siem.corp.example:6514" || cfg.Log.Syslog.QueueSize != 1024 || !cfg.Log.AllowedDetail() ||
 		cfg.Management.ReadyInterval != 5*time.Second || cfg.KMSWatch.MaxTracked != 1000 {
 		t.Errorf("log/management/kms_watch not read: %+v %+v %+v", cfg.Log, cfg.Management, cfg.KMSWatch)
 	}
@@ -415,6 +416,7 @@ func TestWriteEffective(t *testing.T) {
 		"on_deny:     drop",
 		"max_contexts 4",
 		"idle 45s",
+		"log:         debug console, allowed detail",
 		"dmz-web          192.0.2.0/24, 2001:db8:10::/64",
 		"dmz-mail         198.51.100.16/28, 198.51.100.40/32",
 		"no-samr",

@@ -32,7 +32,7 @@ func (c *Config) WriteEffective(w io.Writer) error {
 	p("limits:      max_fragment %d, max_call_bytes %d, max_contexts %d\n", l.MaxFragment, l.MaxCallBytes, l.MaxContexts)
 	p("             connections %d, per source %d, activations/min/source %d\n", l.Connections, l.ConnectionsPerSource, l.ActivationsPerMinutePerSource)
 	p("             handshake %v, idle %v, upstream connect %v, shutdown grace %v\n", l.HandshakeTimeout, l.IdleTimeout, l.UpstreamConnectTimeout, l.ShutdownGrace)
-	p("log:         %s %s", c.Log.Level, c.Log.Format)
+	p("log:         %s %s, allowed %s", c.Log.Level, c.Log.Format, c.Log.Allowed)
 	if c.Log.Syslog.Address != "" {
 		p(", syslog %s (%s, queue %d)", c.Log.Syslog.Address, c.Log.Syslog.Format, c.Log.Syslog.QueueSize)
 	}

@@ -421,6 +421,11 @@ func checkLog(ps *problems, l *Log) {
 	default:
 		ps.add("log.format", "must be ecs or console, got %q", l.Format)
 	}
+	switch l.Allowed {
+	case LogAllowedSummary, LogAllowedDetail:
+	default:
+		ps.add("log.allowed", "must be summary or detail, got %q", l.Allowed)
+	}
 	s := &l.Syslog
 	switch s.Format {
 	case "rfc5424", "cef":

@@ -25,7 +25,7 @@ func TestCheckExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("check failed: %v\n%s", err, out)
 	}
-	for _, want := range []string{"dmz-activation", "51c82175-844e-4750-b0d8-ec255555bc06", "(no match) → deny", "OK"} {
+	for _, want := range []string{"dmz-activation", "51c82175-844e-4750-b0d8-ec255555bc06", "(no match) → deny", "allowed summary", "OK"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("effective policy lacks %q:\n%s", want, out)
 		}
