@@ -60,6 +60,12 @@ func (e Emitter) Decision(level zapcore.Level, msg string, ev Event) {
 	e.m.countDecision(ev.Action, ev.Reason)
 }
 
+// Count counts a decision in kmsproxy_decisions_total{action, reason}
+// without logging it: for an allowed decision whose event log.allowed:
+// summary leaves out (bind-allowed), so the series reads the same in
+// either mode.
+func (e Emitter) Count(action, reason string) { e.m.countDecision(action, reason) }
+
 // Log logs ev without counting a decision: for the events that have
 // series of their own (connection-accepted and connection-closed in
 // kmsproxy_connections_total and _active, kms-activation in

@@ -74,3 +74,19 @@ func TestEmitterBindAllowedCountedAsAllowed(t *testing.T) {
 		t.Errorf("bind-allowed/\"\" = %v", n)
 	}
 }
+
+// Count counts a decision as Decision would, and logs nothing: the
+// bind-allowed that log.allowed: summary does not write.
+func TestEmitterCountOnly(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	m := NewMetrics()
+	em := NewEmitter(zap.New(core), m)
+	em.Count(ActionBindAllowed, "")
+	em.Decision(zap.InfoLevel, ActionBindAllowed, New(ActionBindAllowed, OutcomeSuccess, ""))
+	if n := logs.Len(); n != 1 {
+		t.Errorf("%d events logged, want 1 (Decision's)", n)
+	}
+	if n := count(t, m, ActionBindAllowed, "allowed"); n != 2 {
+		t.Errorf("bind-allowed/allowed = %v, want 2", n)
+	}
+}

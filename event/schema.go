@@ -265,11 +265,34 @@ func AppendBind(f []zap.Field, p *rpcparse.PDU) []zap.Field {
 // to f.
 func AppendAuth(f []zap.Field, p *rpcparse.PDU) []zap.Field {
 	if !p.HasAuth {
+		return AppendAuthOf(f, false, 0, 0, rpcparse.AuthClassNone)
+	}
+	return AppendAuthOf(f, true, p.Auth.Type, p.Auth.Level, rpcparse.ClassifyAuth(p))
+}
+
+// AppendAuthOf adds an authentication (dcerpc.auth.*, kmsproxy.auth_class)
+// to f: present false is none, and only dcerpc.auth.type says so. For
+// events that report what an association negotiated rather than what one
+// PDU carried (kms-activation).
+func AppendAuthOf(f []zap.Field, present bool, t rpcparse.AuthType, l rpcparse.AuthLevel, class rpcparse.AuthClass) []zap.Field {
+	if !present {
 		return append(f, zap.String("dcerpc.auth.type", "none"))
 	}
 	return append(f,
-		zap.String("dcerpc.auth.type", p.Auth.Type.String()),
-		zap.String("dcerpc.auth.level", p.Auth.Level.String()),
-		zap.String("kmsproxy.auth_class", rpcparse.ClassifyAuth(p).String()),
+		zap.String("dcerpc.auth.type", t.String()),
+		zap.String("dcerpc.auth.level", l.String()),
+		zap.String("kmsproxy.auth_class", class.String()),
 	)
 }
+
+// TransferSyntaxText is dcerpc.transfer_syntax: the transfer syntax a
+// context was accepted with, "ndr64" or "ndr20" (the only two the proxy
+// accepts for a presentation context).
+func TransferSyntaxText(ndr64 bool) string {
+	if ndr64 {
+		return transferNDR64
+	}
+	return transferNDR20
+}
+
+var transferNDR20, transferNDR64 = rpcparse.TransferNDR20.String(), rpcparse.TransferNDR64.String()

@@ -29,10 +29,18 @@ func kmsCallOf(c *assoc.Call) *kmsCall {
 func (s *session) finishKMSCall(c *assoc.Call, answered bool) {
 	kc := kmsCallOf(c)
 	ev := event.New(event.ActionKMSActivation, event.OutcomeUnknown, "")
+	// The bind facts of the call's context go on the activation too, so
+	// that under log.allowed: summary, with no bind-allowed written, this
+	// event alone says what was bound, in which transfer syntax, with what
+	// authentication and under which rule (the zone is a connection field).
 	ev.Add(zap.String("rule.name", kc.rule), zap.Uint32("dcerpc.call_id", c.ID),
 		zap.Uint16("dcerpc.opnum", c.Opnum), zap.Uint16("dcerpc.context_id", c.CtxID),
-		zap.String("dcerpc.interface.name", "kms"), zap.String("dcerpc.interface.uuid", kmsUUIDText))
-	f := event.AppendKMSRequest(ev.Fields, kc.req, kc.decodeErr)
+		zap.String("dcerpc.interface.name", "kms"), zap.String("dcerpc.interface.uuid", kmsUUIDText),
+		zap.String("dcerpc.interface.version", event.VersionText(c.Iface)),
+		zap.String("dcerpc.transfer_syntax", event.TransferSyntaxText(c.NDR64)))
+	neg, class := s.a.Auth()
+	f := event.AppendAuthOf(ev.Fields, neg.Present, neg.Type, neg.Level, class)
+	f = event.AppendKMSRequest(f, kc.req, kc.decodeErr)
 	result := event.KMSResultNoReply
 	switch {
 	case !answered:

@@ -236,9 +236,15 @@ func (s *Server) admitFrom(rt *config.Runtime, c net.Conn, src, dst netip.AddrPo
 
 	s.metrics.Connections.WithLabelValues(event.ZoneLabel(zone), "accepted").Inc()
 	s.metrics.ConnectionsActive.Inc()
-	ev := event.New(event.ActionConnectionAccepted, event.OutcomeSuccess, "")
-	ev.Add(fields...)
-	s.emit.Log(zap.InfoLevel, "connection accepted", ev)
+	// connection-accepted is written under log.allowed: detail only (the
+	// connection's fields are on each of its events, connection-closed
+	// included); it is counted above either way. The mode is read now, not
+	// from rt: a proxied connection's rt predates its PROXY header.
+	if s.rt.Load().Config.Log.AllowedDetail() {
+		ev := event.New(event.ActionConnectionAccepted, event.OutcomeSuccess, "")
+		ev.Add(fields...)
+		s.emit.Log(zap.InfoLevel, "connection accepted", ev)
+	}
 	s.start(sess)
 }
 

@@ -471,7 +471,15 @@ func (s *session) refusalEvent(action string, d acl.Decision, p *rpcparse.PDU, e
 	s.emit().Decision(zap.InfoLevel, action, ev)
 }
 
+// logBind logs an allowed bind or alter_context (bind-allowed) under
+// log.allowed: detail; under summary it is only counted, its facts going
+// on the call's kms-activation (finishKMSCall). The mode is the current
+// runtime's, so a reload switches it for open connections too.
 func (s *session) logBind(p *rpcparse.PDU, d acl.Decision) {
+	if !s.runtime().Config.Log.AllowedDetail() {
+		s.emit().Count(event.ActionBindAllowed, "")
+		return
+	}
 	ev := event.New(event.ActionBindAllowed, event.OutcomeSuccess, "")
 	ev.Add(zap.String("rule.name", d.Rule), zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
 	ev.Fields = event.AppendBind(ev.Fields, p)

@@ -14,8 +14,10 @@ import (
 )
 
 // The load balancer on 127.0.0.1 may send PROXY headers; 127.0.0.1 itself
-// is in no zone, so only a carried source can be admitted.
-const lbConfig = `proxy_protocol: { trusted: ["127.0.0.1/32"], header_timeout: 500ms }`
+// is in no zone, so only a carried source can be admitted. The allowed path
+// is logged in detail: the tests count connection-accepted events.
+const lbConfig = `proxy_protocol: { trusted: ["127.0.0.1/32"], header_timeout: 500ms }
+log: { allowed: detail }`
 
 func header(t *testing.T, version byte, src, dst string) []byte {
 	t.Helper()

@@ -54,7 +54,7 @@ func expectAllowsNothingEvent(t *testing.T, e *env, n int) {
 // nothing, and closes every connection at accept — from the zones the deny
 // rules name as from anywhere else — with nothing reaching the host.
 func TestDenyOnlyPolicyRefusesAtAccept(t *testing.T) {
-	e := startEnv(t, fixture.Replay, denyOnlyConfig)
+	e := startEnv(t, fixture.Replay, denyOnlyConfig+detailLog) // detail: connection-accepted would be logged
 	win := mustCapture(t, "win10-v6")
 	expectAllowsNothingEvent(t, e, 1)
 	for _, src := range []string{srcDMZ, srcOffice, srcNowhere} {

@@ -50,6 +50,11 @@ limits:
 management: { listen: "127.0.0.1:0" }
 `
 
+// detailLog, appended to a config, logs the allowed path in detail
+// (connection-accepted, bind-allowed): for the tests that assert those
+// events, present or absent, which log.allowed: summary never writes.
+const detailLog = "log: { allowed: detail }\n"
+
 type env = fixture.Env
 
 // startEnv starts a fixture host in mode and a proxy with cfgText. Host

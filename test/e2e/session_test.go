@@ -14,7 +14,7 @@ import (
 
 // A big-endian KMS bind is understood (not just refused): it is allowed.
 func TestBigEndianKMSBindAllowed(t *testing.T) {
-	e := startEnv(t, fixture.Replay, baseConfig)
+	e := startEnv(t, fixture.Replay, baseConfig+detailLog)
 	cl := e.Dial(srcDMZ)
 	cl.Send(bindPDU(be, rpcparse.PTypeBind, 2, nil, ctx(0, kmsIface)))
 	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindAck {

@@ -51,7 +51,7 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := strings.Replace(baseConfig, "activations_per_minute_per_source: 100000", "activations_per_minute_per_source: 1", 1) +
-		"shadow: { config: \"" + shadow + "\" }\n"
+		"shadow: { config: \"" + shadow + "\" }\n" + detailLog
 
 	s := newSink(t, syslog.Options{Address: "tcp://" + rs.TCPAddr, Level: "info", Version: "9.9.9"}, nil)
 	// A second sink aimed at a closed port: its drop warnings reach
@@ -121,7 +121,7 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 	// same sink.
 	o2 := s.Opts
 	o2.Metrics = nil
-	e2 := fixture.StartProxyWith(t, e.Host, strings.ReplaceAll(baseConfig, "UPSTREAM", deadAddr), o2)
+	e2 := fixture.StartProxyWith(t, e.Host, strings.ReplaceAll(baseConfig+detailLog, "UPSTREAM", deadAddr), o2)
 	cl = e2.Dial(srcDMZ)
 	cl.Send(win.C2S[0])
 	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindNak {

@@ -64,6 +64,11 @@ limits:
 management: { listen: "127.0.0.1:0" }
 `
 
+// detailLog, appended to baseConfig, logs the allowed path in detail: the
+// per-action tests need connection-accepted and bind-allowed, which
+// log.allowed: summary (the default) counts but does not write.
+const detailLog = "log: { allowed: detail }\n"
+
 var (
 	ndr20 = rpcparse.SyntaxID{UUID: rpcparse.NDR20UUID, Major: 2}
 	win   fixture.Capture

@@ -41,7 +41,7 @@ func TestEventsAtRsyslog(t *testing.T) {
 			}
 			before := len(rs.messages(c.transport))
 			s := newSink(t, syslog.Options{Address: c.transport + "://" + addr, Format: c.format, Level: "info", Version: "9.9.9"}, nil)
-			e := fixture.StartEnvWith(t, fixture.Replay, baseConfig, s.Opts)
+			e := fixture.StartEnvWith(t, fixture.Replay, baseConfig+detailLog, s.Opts) // every event of the allowed path
 			activate(t, e, srcDMZ)
 			waitCount(t, e, "connection-closed", 1)
 			refusedSAMRBind(t, e, srcDMZ)

@@ -26,7 +26,9 @@ const (
 // config allows KMS (no auth, opnum 0) from all of loopback, so the tools'
 // default source 127.0.0.1 is in an allowed zone: every refusal below is
 // the interface/auth policy, not an accept-time source check. Connection
-// limits are generous because rpcmap opens one connection per UUID.
+// limits are generous because rpcmap opens one connection per UUID. The
+// allowed path is logged in detail, so that "no bind-allowed event" means
+// no bind was allowed (summary mode writes none at all).
 const config = `
 listen: "127.0.0.1:1688" # tests bind their own listeners
 upstreams: ["UPSTREAM"]
@@ -50,6 +52,7 @@ limits:
   idle_timeout: 5s
   upstream_connect_timeout: 1s
 management: { listen: "127.0.0.1:0" }
+log: { allowed: detail }
 `
 
 func startEnv(t *testing.T) *fixture.Env {
