@@ -40,6 +40,7 @@ type Config struct {
 	Management    Management          `mapstructure:"management"`
 	Shadow        Shadow              `mapstructure:"shadow"`
 	KMSWatch      KMSWatch            `mapstructure:"kms_watch"`
+	UpstreamPool  UpstreamPool        `mapstructure:"upstream_pool"`
 
 	// ZoneOrder lists zone names in file order (viper's maps lose it).
 	ZoneOrder []string `mapstructure:"-"`
@@ -154,6 +155,22 @@ type KMSWatch struct {
 	MaxTracked      int           `mapstructure:"max_tracked"`
 }
 
+// UpstreamPool tunes the terminating gateway's own associations to the
+// KMS host (DESIGN "Host side"): a KMS-only, unauthenticated client
+// association ends at the proxy and its calls go over these.
+type UpstreamPool struct {
+	// Enabled off restores one relayed host association per client for
+	// everything (a host that misbehaves with pooled associations).
+	Enabled         bool          `mapstructure:"enabled"`
+	MaxAssociations int           `mapstructure:"max_associations"` // per upstream: bounds the host's connections from the proxy
+	MaxIdle         int           `mapstructure:"max_idle"`         // idle associations kept per upstream
+	IdleTimeout     time.Duration `mapstructure:"idle_timeout"`     // age out idle associations before the host does (vlmcsd: 30 s)
+	MaxWaiters      int           `mapstructure:"max_waiters"`      // calls waiting for an association: bounds memory under a burst
+	// MaxWaitersPerSource is one source's share of the wait queue, so one
+	// source cannot occupy it.
+	MaxWaitersPerSource int `mapstructure:"max_waiters_per_source"`
+}
+
 // Defaults, as in DESIGN.md. Each limit names what it bounds.
 const (
 	DefaultListen = "0.0.0.0:1688"
@@ -188,6 +205,16 @@ const (
 	DefaultDuplicateWindow = 24 * time.Hour
 	DefaultMaxClockSkew    = 4 * time.Hour
 	DefaultMaxTracked      = 65536 // client machine IDs remembered: bounds detector memory
+
+	// DefaultPoolEnabled is off until the gateway has run in both modes
+	// through every suite (issue 13 in progress): on, a KMS-only client
+	// association ends at the proxy.
+	DefaultPoolEnabled             = false
+	DefaultPoolMaxAssociations     = 4
+	DefaultPoolMaxIdle             = 4
+	DefaultPoolIdleTimeout         = 20 * time.Second // below vlmcsd's 30 s
+	DefaultPoolMaxWaiters          = 256
+	DefaultPoolMaxWaitersPerSource = 64
 )
 
 // Default returns a Config holding every default. Zones, rules and upstreams
@@ -220,6 +247,14 @@ func Default() Config {
 			DuplicateWindow: DefaultDuplicateWindow,
 			MaxClockSkew:    DefaultMaxClockSkew,
 			MaxTracked:      DefaultMaxTracked,
+		},
+		UpstreamPool: UpstreamPool{
+			Enabled:             DefaultPoolEnabled,
+			MaxAssociations:     DefaultPoolMaxAssociations,
+			MaxIdle:             DefaultPoolMaxIdle,
+			IdleTimeout:         DefaultPoolIdleTimeout,
+			MaxWaiters:          DefaultPoolMaxWaiters,
+			MaxWaitersPerSource: DefaultPoolMaxWaitersPerSource,
 		},
 	}
 }

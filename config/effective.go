@@ -20,6 +20,12 @@ func (c *Config) WriteEffective(w io.Writer) error {
 	p := func(format string, args ...any) { fmt.Fprintf(ew, format, args...) }
 	p("listen:      %s\n", c.Listen)
 	p("upstreams:   %s\n", strings.Join(c.Upstreams, ", "))
+	if up := c.UpstreamPool; up.Enabled {
+		p("host side:   terminating gateway: KMS-only unauthenticated clients end at the proxy; pooled associations, at most %d per upstream (%d idle, aged out after %v), %d waiting calls (%d per source)\n",
+			up.MaxAssociations, up.MaxIdle, up.IdleTimeout, up.MaxWaiters, up.MaxWaitersPerSource)
+	} else {
+		p("host side:   relay: one host association per client (upstream_pool.enabled false)\n")
+	}
 	p("on_deny:     %s\n", c.OnDeny)
 	p("management:  %s (ready every %v)\n", c.Management.Listen, c.Management.ReadyInterval)
 	if len(c.ProxyProtocol.Trusted) > 0 {

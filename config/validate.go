@@ -92,6 +92,12 @@ func validate(cfg *Config, dupZones []string) []Problem {
 	checkDuration(&ps, "kms_watch.duplicate_window", cfg.KMSWatch.DuplicateWindow, 30*24*time.Hour)
 	checkDuration(&ps, "kms_watch.max_clock_skew", cfg.KMSWatch.MaxClockSkew, 30*24*time.Hour)
 	checkInt(&ps, "kms_watch.max_tracked", cfg.KMSWatch.MaxTracked, 1, 10_000_000)
+	up := cfg.UpstreamPool
+	checkInt(&ps, "upstream_pool.max_associations", up.MaxAssociations, 1, 1024)
+	checkInt(&ps, "upstream_pool.max_idle", up.MaxIdle, 0, up.MaxAssociations)
+	checkDuration(&ps, "upstream_pool.idle_timeout", up.IdleTimeout, 24*time.Hour)
+	checkInt(&ps, "upstream_pool.max_waiters", up.MaxWaiters, 1, 1_000_000)
+	checkInt(&ps, "upstream_pool.max_waiters_per_source", up.MaxWaitersPerSource, 1, up.MaxWaiters)
 
 	if len(ps) > 0 {
 		return ps

@@ -61,6 +61,15 @@ const (
 	ReasonNoAllowRule           = "no-allow-rule" // policy-allows-nothing
 	ReasonClockSkew             = "clock-skew"
 	ReasonDuplicateCMID         = "duplicate-cmid"
+	// ReasonPoolBusy: every pooled host association was in use and the
+	// wait queue (or this source's share of it) was full.
+	ReasonPoolBusy = "upstream-pool-busy"
+	// ReasonNotTerminable: an alter_context for another interface, or with
+	// authentication, on an association that ends at the proxy.
+	ReasonNotTerminable = "alter-context-not-terminable"
+	// ReasonGatewayAnswer: an answer the proxy built did not frame (a bug,
+	// never seen: the connection ends rather than send it).
+	ReasonGatewayAnswer = "gateway-answer-malformed"
 )
 
 // Close reasons: why a connection ended, in connection-closed's

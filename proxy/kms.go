@@ -65,6 +65,9 @@ func (s *session) finishKMSCall(c *assoc.Call, answered bool) {
 		outcome = event.OutcomeSuccess
 	}
 	f[4] = zap.String("event.outcome", outcome)
+	if s.hostAssoc != "" {
+		f = append(f, zap.String("kmsproxy.host_association", s.hostAssoc))
+	}
 	ev.Fields = append(f, zap.String("kmsproxy.kms_result", result))
 	s.emit().Log(zap.InfoLevel, event.ActionKMSActivation, ev)
 	s.srv.metrics.KMSActivations.WithLabelValues(event.ApplicationLabel(kc.req, kc.decodeErr), event.VersionLabel(kc.req), result).Inc()

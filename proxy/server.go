@@ -16,6 +16,7 @@ import (
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/kmswatch"
+	"github.com/kmsproxy/kmsproxy/pool"
 )
 
 // Dialer connects to an upstream KMS host. Tests inject their own.
@@ -35,6 +36,14 @@ type Server struct {
 	watch      *kmswatch.Watch
 	parking    parker
 	fdBudget   int // descriptors connections may use (fdbudget.go); 0 = no cap
+
+	// The terminating gateway's pool (gateway.go), made at the first
+	// terminated bind and remade when a reload changes the upstreams or
+	// the pool's settings; poolKey says which config it was made from.
+	poolMu  sync.Mutex
+	pool    *pool.Pool
+	poolKey string
+	group   uint32 // association group ids the proxy hands out start here
 
 	mu        sync.Mutex
 	active    int
@@ -79,8 +88,60 @@ func New(rt *config.Runtime, log *zap.Logger, metrics *event.Metrics) *Server {
 			zap.Int("kmsproxy.fd_budget", s.fdBudget), zap.Uint64("kmsproxy.rlimit_nofile", nofile))
 	}
 	s.dial = upstreamDialer()
+	s.group = uint32(time.Now().UnixNano()) &^ 0xffff
 	return s
 }
+
+// upstreamPool returns the pool for the policy in force, or nil when the
+// pool is off. The first call makes it (nothing is dialled until a call
+// needs an association); a reload that changed the upstreams or the pool's
+// settings gets a new one, and the old one is closed once its calls are
+// done.
+func (s *Server) upstreamPool() *pool.Pool {
+	rt := s.rt.Load()
+	if rt == nil || !rt.Config.UpstreamPool.Enabled {
+		return nil
+	}
+	key := fmt.Sprintf("%v %+v %v %v %v", rt.Config.Upstreams, rt.Config.UpstreamPool,
+		rt.Config.Limits.UpstreamConnectTimeout, rt.Config.Limits.IdleTimeout, rt.Config.Limits.MaxCallBytes)
+	s.poolMu.Lock()
+	defer s.poolMu.Unlock()
+	if s.pool != nil && s.poolKey == key {
+		return s.pool
+	}
+	if old := s.pool; old != nil {
+		time.AfterFunc(rt.Config.Limits.IdleTimeout+time.Second, func() { old.Close() })
+	}
+	s.pool, s.poolKey = s.newPool(rt), key
+	return s.pool
+}
+
+// closePool closes the pool at shutdown, after every session ended.
+func (s *Server) closePool() {
+	s.poolMu.Lock()
+	p := s.pool
+	s.pool = nil
+	s.poolMu.Unlock()
+	if p != nil {
+		p.Close()
+	}
+}
+
+// PoolStats is the pool's state for metrics and the status page (zero
+// when no pool was made).
+func (s *Server) PoolStats() (pool.Stats, bool) {
+	s.poolMu.Lock()
+	p := s.pool
+	s.poolMu.Unlock()
+	if p == nil {
+		return pool.Stats{}, false
+	}
+	return p.Stats(), true
+}
+
+// assocGroup is the association group id the proxy gives a terminated
+// client association: its own, unique per connection.
+func (s *Server) assocGroup(conn uint64) uint32 { return s.group + uint32(conn) }
 
 // SetDialer replaces the upstream dialer (tests).
 func (s *Server) SetDialer(d Dialer) { s.dial = d }
@@ -289,6 +350,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	defer s.closePool()
 	select {
 	case <-done:
 		return nil

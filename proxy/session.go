@@ -70,6 +70,14 @@ type session struct {
 	env       assoc.Env
 	rateOK    func() bool // s.rateAllow, made once
 	callStart time.Time   // when the outstanding call was forwarded
+
+	// The terminating gateway (gateway.go): set at the first bind when the
+	// association ends at the proxy; its answers and stubs, reused.
+	terminated    bool
+	clientMaxRecv int
+	hostAssoc     string // the pool association of the last call
+	gwOut, gwStub []byte
+	gwPDU         *rpcparse.PDU
 }
 
 func newSession(srv *Server, c net.Conn, id uint64, src, dst netip.AddrPort, zone string, extra []zap.Field) *session {
@@ -318,17 +326,30 @@ func (s *session) act(rt *config.Runtime, p *rpcparse.PDU, st assoc.Step) bool {
 	switch st.Stage {
 	case assoc.StageBind:
 		s.logBind(p, st.Decision)
+		if st.Dial {
+			s.terminated = s.gatewayFor(p)
+		}
+		if s.terminated {
+			return s.answerBind(rt, p)
+		}
 		if st.Dial && !s.connectUpstream(rt, p) {
 			return false
 		}
 		return s.forward(st.Out) && s.awaitHost()
 	case assoc.StageAuth3:
+		if s.terminated { // never: a terminated association has no auth
+			s.violation("client", event.ReasonNotTerminable, nil, p)
+			return false
+		}
 		return s.forward(st.Out) // auth3 has no answer
 	}
 	if c := st.Call; c != nil && c.KMS != nil && c.KMS.DecodeErr == nil {
 		s.srv.watch.Observe(s.emit(), rt.Config.KMSWatch, s.src.Addr(), &c.KMS.Req, c.Rule.Rule)
 	}
 	s.callStart = time.Now()
+	if s.terminated {
+		return s.gatewayCall(rt, st)
+	}
 	return s.forward(st.Out) && s.awaitHost()
 }
 
@@ -673,6 +694,10 @@ func (s *session) finish() {
 	)
 	if s.upstreamAddr != "" {
 		ev.Add(zap.String("kmsproxy.upstream", s.upstreamAddr))
+	}
+	if s.terminated {
+		// The association ended here; its calls went over the pool.
+		ev.Add(zap.Bool("kmsproxy.pooled", true))
 	}
 	s.emit().Log(zap.InfoLevel, "connection closed", ev)
 }
