@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kmsproxy/kmsproxy/acl"
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/event"
@@ -40,10 +42,11 @@ type Server struct {
 	// The terminating gateway's pool (gateway.go), made at the first
 	// terminated bind and remade when a reload changes the upstreams or
 	// the pool's settings; poolKey says which config it was made from.
-	poolMu  sync.Mutex
-	pool    *pool.Pool
-	poolKey string
-	group   uint32 // association group ids the proxy hands out start here
+	poolMu   sync.Mutex
+	pool     *pool.Pool
+	poolKey  string
+	group    uint32 // association group ids the proxy hands out start here
+	poolWait prometheus.Histogram
 
 	mu        sync.Mutex
 	active    int
@@ -89,6 +92,12 @@ func New(rt *config.Runtime, log *zap.Logger, metrics *event.Metrics) *Server {
 	}
 	s.dial = upstreamDialer()
 	s.group = uint32(time.Now().UnixNano()) &^ 0xffff
+	s.poolWait = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kmsproxy_upstream_pool_wait_seconds",
+		Help: "Time a terminated call waited for a pooled host association.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)})
+	// A second Server on the same registry (tests) keeps the first's.
+	if err := metrics.Registry.Register(poolCollector{stats: s.PoolStats}); err == nil {
+		metrics.Registry.MustRegister(s.poolWait)
+	}
 	return s
 }
 

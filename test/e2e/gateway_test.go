@@ -169,6 +169,35 @@ func TestGateway64Clients(t *testing.T) {
 	if sentByClient(host) {
 		t.Fatal("a client's PDU reached the host")
 	}
+	// What operators see of it.
+	got := map[string]float64{}
+	mfs, err := e.Srv.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "state" || l.GetName() == "result" {
+					key += "/" + l.GetValue()
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				got[key] += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				got[key] += m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				got[key] += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	if got["kmsproxy_upstream_pool_calls_total"] != clients || got["kmsproxy_upstream_pool_associations/open"] > 4 ||
+		got["kmsproxy_upstream_pool_dials_total/ok"] < 1 || got["kmsproxy_upstream_pool_dials_total/ok"] > 4 || got["kmsproxy_upstream_pool_wait_seconds"] == 0 {
+		t.Fatalf("pool metrics: calls %v, open %v, dials %v, waits %v", got["kmsproxy_upstream_pool_calls_total"],
+			got["kmsproxy_upstream_pool_associations/open"], got["kmsproxy_upstream_pool_dials_total/ok"], got["kmsproxy_upstream_pool_wait_seconds"])
+	}
 }
 
 // The threat table with the gateway on: each client gets the answer it
