@@ -695,9 +695,10 @@ func (s *session) finish() {
 	if s.upstreamAddr != "" {
 		ev.Add(zap.String("kmsproxy.upstream", s.upstreamAddr))
 	}
-	if s.terminated {
-		// The association ended here; its calls went over the pool.
-		ev.Add(zap.Bool("kmsproxy.pooled", true))
+	if s.a.BindSeen() {
+		// Whether the association ended here (its calls over the pool) or
+		// had a host association of its own.
+		ev.Add(zap.Bool("kmsproxy.pooled", s.terminated))
 	}
 	s.emit().Log(zap.InfoLevel, "connection closed", ev)
 }
