@@ -26,10 +26,15 @@ import (
 // was refused or violated, for what reason.
 
 // diffConfig is the e2e policy with rate and connection limits out of the
-// way: replay does not model them (they are timing, not protocol).
-var diffConfig = strings.NewReplacer(
+// way: replay does not model them (they are timing, not protocol). It runs
+// in relay mode, explicitly: replay models the client-side association,
+// which is the same in both host-side modes, and per PDU compares what it
+// forwards with what reached the host, which only relay mode sends on as
+// the client wrote it (behind the gateway the host sees the pool's own
+// PDUs; TestThreats, TestHoles and the mutation test hold that mode).
+var diffConfig = fixture.RelaySide.Apply(strings.NewReplacer(
 	"connections_per_source: 4", "connections_per_source: 4096\n  activations_per_minute_per_source: 1000000\n  connections: 8192",
-).Replace(baseConfig)
+).Replace(baseConfig))
 
 // diffStream is one client byte stream (PDUs in order; a stream may end in
 // bytes that do not frame).

@@ -16,6 +16,16 @@ const (
 
 // baseConfig is the policy most tests run under. UPSTREAM is replaced by
 // the fixture host's address.
+//
+// It runs the host side in relay mode (upstream_pool.enabled: false, one
+// relayed host association per client), not the default gateway: most
+// tests here assert relay facts — the host received the client's PDUs
+// byte for byte, so many PDUs or connections per client, the host's own
+// answers byte for byte, scripted hosts misbehaving on the relayed
+// association, upstream dials. Tests whose point is that nothing
+// disallowed reaches the host run in both modes (inModes: the threat and
+// holes tables, the mutation test, big-endian clients);
+// gateway_test.go and gateway_failure_test.go run the gateway.
 const baseConfig = `
 listen: "127.0.0.1:1688" # tests bind their own listener
 upstreams: ["UPSTREAM"]
@@ -48,6 +58,7 @@ limits:
   idle_timeout: 2s
   upstream_connect_timeout: 1s
 management: { listen: "127.0.0.1:0" }
+upstream_pool: { enabled: false }
 `
 
 // detailLog, appended to a config, logs the allowed path in detail
@@ -68,6 +79,41 @@ func startEnv(t *testing.T, mode fixture.Mode, cfgText string, opts ...fixture.H
 func startProxy(t *testing.T, host *fixture.Host, cfgText string) *env {
 	t.Helper()
 	return fixture.StartProxy(t, host, cfgText)
+}
+
+// inModes runs f as a subtest per host-side mode (relay, gateway) with
+// cfg (baseConfig or one derived from it) in that mode.
+func inModes(t *testing.T, cfg string, f func(t *testing.T, m fixture.HostSide, cfg string)) {
+	t.Helper()
+	for _, m := range fixture.HostSides {
+		t.Run(m.Name, func(t *testing.T) { f(t, m, m.Apply(cfg)) })
+	}
+}
+
+// checkPooled waits for the connection-closed event of a bound session
+// (events reads the proxy's events) and checks it says the association
+// ended at the proxy exactly when m is the gateway: a gateway-mode run
+// that silently relayed would prove nothing about the gateway.
+func checkPooled(t *testing.T, m fixture.HostSide, events func() []map[string]any) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		for _, ev := range events() {
+			if ev["event.action"] != "connection-closed" {
+				continue
+			}
+			if pooled, ok := ev["kmsproxy.pooled"]; ok {
+				if pooled != m.Gateway {
+					t.Fatalf("connection-closed says kmsproxy.pooled %v in %s mode", pooled, m.Name)
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection-closed event with kmsproxy.pooled")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // settle gives in-flight bytes time to reach the fixture before asserting

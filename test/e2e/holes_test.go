@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -116,11 +118,14 @@ func holes(t *testing.T) []hole {
 	}
 }
 
-// runHole plays one row against a proxy at addr and checks the answer, the
-// host's record and the logged refusal (events reads the proxy's events).
-// dials is whether the host's connection count must stay 0 for a refused
-// bind: the binary's readiness check dials the host on its own.
-func runHole(t *testing.T, tc hole, addr string, host *fixture.Host, events func() []map[string]any, dials bool) {
+// runHole plays one row against a proxy at addr in host-side mode m and
+// checks the answer, the host's record and the logged refusal (events
+// reads the proxy's events). In relay mode the host gets exactly the row's
+// hostGets PDUs; behind the gateway nothing of the row — the pool's own
+// bind and alter_context at most. dials is whether the host's connections
+// are counted (none for a refused bind, at most the pool's one): the
+// binary's readiness check dials the host on its own.
+func runHole(t *testing.T, tc hole, m fixture.HostSide, addr string, host *fixture.Host, events func() []map[string]any, dials bool) {
 	cl := fixture.Dial(t, srcDMZ, addr)
 	for _, b := range tc.prefix {
 		cl.Send(b)
@@ -152,11 +157,22 @@ func runHole(t *testing.T, tc hole, addr string, host *fixture.Host, events func
 	}
 	cl.ExpectClosed(5 * time.Second)
 	settle()
-	if got := host.Received(); len(got) != tc.hostGets {
+	if m.Gateway {
+		maxConns := 1
+		if !dials {
+			maxConns = math.MaxInt
+		}
+		if err := host.PoolNegotiationOnly(maxConns); err != nil {
+			t.Fatal(err)
+		}
+	} else if got := host.Received(); len(got) != tc.hostGets {
 		t.Fatalf("host received %d PDUs, want %d", len(got), tc.hostGets)
 	}
 	if dials && tc.hostGets == 0 && host.Connections() != 0 {
 		t.Fatal("host was dialled for a refused bind")
+	}
+	if len(tc.prefix) > 0 {
+		checkPooled(t, m, events)
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for {
@@ -176,33 +192,44 @@ func runHole(t *testing.T, tc hole, addr string, host *fixture.Host, events func
 	}
 }
 
-// TestHoles runs every row in-process.
+// TestHoles runs every row in-process, in both host-side modes.
 func TestHoles(t *testing.T) {
-	for _, tc := range holes(t) {
-		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			t.Parallel()
-			e := startEnv(t, fixture.Replay, baseConfig)
-			runHole(t, tc, e.Addr, e.Host, func() []map[string]any { return e.Events("") }, true)
-		})
-	}
+	inModes(t, baseConfig, func(t *testing.T, m fixture.HostSide, cfg string) {
+		for _, tc := range holes(t) {
+			t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+				t.Parallel()
+				e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
+				runHole(t, tc, m, e.Addr, e.Host, func() []map[string]any { return e.Events("") }, true)
+			})
+		}
+	})
 }
 
-// TestHolesBinary runs every row through the real kmsproxy binary.
+// TestHolesBinary runs every row through the real kmsproxy binary, in both
+// host-side modes.
 func TestHolesBinary(t *testing.T) {
-	for _, tc := range holes(t) {
-		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			t.Parallel()
-			host := fixture.StartHost(t, fixture.Replay)
-			p := startProcess(t, host, baseConfig)
-			runHole(t, tc, p.addr, host, func() []map[string]any { return allEvents(p.out.String()) }, false)
-		})
-	}
+	inModes(t, baseConfig, func(t *testing.T, m fixture.HostSide, cfg string) {
+		for _, tc := range holes(t) {
+			t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+				t.Parallel()
+				host := fixture.StartHost(t, fixture.Replay, m.HostOptions()...)
+				p := startProcess(t, host, cfg)
+				runHole(t, tc, m, p.addr, host, func() []map[string]any { return allEvents(p.out.String()) }, false)
+			})
+		}
+	})
 }
 
 // A big-endian client that marshals its stub big-endian, as NDR says it
-// must, is served: the host receives the call as sent, and the activation
-// is logged decoded.
+// must, is served: in relay mode the host receives the call as sent;
+// behind the gateway the host receives one big-endian request of the
+// pool's carrying the client's stub unchanged. The activation is logged
+// decoded.
 func TestBigEndianClientActivates(t *testing.T) {
+	inModes(t, baseConfig, testBigEndianClient)
+}
+
+func testBigEndianClient(t *testing.T, m fixture.HostSide, cfg string) {
 	blob := kmsBlob(t)
 	for _, tc := range []struct {
 		name string
@@ -213,7 +240,7 @@ func TestBigEndianClientActivates(t *testing.T) {
 		{"NDR64", ndr64, kms.Encoding{NDR64: true, BigEndian: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := startEnv(t, fixture.Replay, baseConfig)
+			e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 			cl := e.Dial(srcDMZ)
 			cl.Send(bindPDU(be, rpcparse.PTypeBind, 2, nil, ctx(0, kmsIface, tc.tr)))
 			if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindAck || p.BindAck.Result(0).Result != rpcparse.ResultAcceptance {
@@ -224,8 +251,18 @@ func TestBigEndianClientActivates(t *testing.T) {
 			if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeResponse {
 				t.Fatalf("big-endian request answered %v:\n%s", p.Type, e.Log.String())
 			}
-			got := e.Host.ReceivedOn(0)
-			if len(got) != 2 || string(got[1]) != string(req) {
+			if m.Gateway {
+				var reqs []*rpcparse.PDU
+				for _, r := range e.Host.Received() {
+					if p := fixture.Parse(t, r.Bytes); p.Type == rpcparse.PTypeRequest {
+						reqs = append(reqs, p)
+					}
+				}
+				if len(reqs) != 1 || !reqs[0].BigEndian() || !bytes.Equal(reqs[0].Request.Stub, kmsgen.RequestStubIn(blob, tc.enc)) {
+					t.Fatalf("host received %d requests; the pool's big-endian request with the client's stub: %v", len(reqs),
+						len(reqs) == 1 && reqs[0].BigEndian() && bytes.Equal(reqs[0].Request.Stub, kmsgen.RequestStubIn(blob, tc.enc)))
+				}
+			} else if got := e.Host.ReceivedOn(0); len(got) != 2 || string(got[1]) != string(req) {
 				t.Fatalf("host received %d PDUs; request intact: %v", len(got), len(got) == 2 && string(got[1]) == string(req))
 			}
 			ev := e.WaitEvent("kms-activation", nil)

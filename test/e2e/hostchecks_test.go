@@ -283,7 +283,9 @@ func TestHostSideChecks(t *testing.T) {
 				}
 			}
 			h := startScriptHost(t, script)
-			e := startProxy(t, nil, strings.ReplaceAll(baseConfig, "UPSTREAM", h.Addr()))
+			// Relay mode, explicitly: the script misbehaves on the client's
+			// relayed association (the gateway's own are held by pool/).
+			e := startProxy(t, nil, strings.ReplaceAll(fixture.RelaySide.Apply(baseConfig), "UPSTREAM", h.Addr()))
 			cl := e.Dial(srcDMZ)
 			for i, pdu := range tc.client {
 				cl.Send(pdu)
@@ -341,7 +343,9 @@ func TestHostAnswerBeforeRequest(t *testing.T) {
 		}
 		return nil
 	})
-	e := startProxy(t, nil, strings.ReplaceAll(baseConfig, "UPSTREAM", h.Addr()))
+	// Relay mode, explicitly: the script answers on the client's relayed
+	// association.
+	e := startProxy(t, nil, strings.ReplaceAll(fixture.RelaySide.Apply(baseConfig), "UPSTREAM", h.Addr()))
 	cl := e.Dial(srcDMZ)
 	for i := 0; i < 2; i++ {
 		cl.Send(win.C2S[i])

@@ -20,10 +20,25 @@ import (
 // a client sends, the host receives only well-formed KMS binds,
 // alter_contexts and opnum-0 calls whose payload decodes, without auth —
 // each host connection re-checked by package hostcheck, the same
-// independent checker the fixture host runs in every test.
+// independent checker the fixture host runs in every test. It runs in both
+// host-side modes: behind the gateway the host's connections are the
+// pool's, carrying many inputs' calls, so each is checked as one stream
+// across inputs.
 // It is a property test rather than a go-fuzz target because every input
 // is a real TCP connection.
 func TestMutatedStreamsReachHostOnlyAsKMS(t *testing.T) {
+	inModes(t, mutationConfig(), testMutatedStreams)
+}
+
+// mutationConfig has generous per-source limits and short timeouts: every
+// input is a new connection, and most are cut short by the proxy.
+func mutationConfig() string {
+	cfg := strings.Replace(baseConfig, "connections_per_source: 4", "connections_per_source: 64\n  activations_per_minute_per_source: 1000000", 1)
+	cfg = strings.Replace(cfg, "handshake_timeout: 2s", "handshake_timeout: 300ms", 1)
+	return strings.Replace(cfg, "idle_timeout: 2s", "idle_timeout: 300ms", 1)
+}
+
+func testMutatedStreams(t *testing.T, m fixture.HostSide, cfg string) {
 	caps, err := fixture.AllCaptures()
 	if err != nil {
 		t.Fatal(err)
@@ -39,19 +54,15 @@ func TestMutatedStreamsReachHostOnlyAsKMS(t *testing.T) {
 		bindPDU(be, rpcparse.PTypeBind, 2, nil, ctx(0, kmsIface), ctx(1, iface("lsarpc"))),
 		append(kmsBind(), requestPDU(3, first, 0, 0, make([]byte, 100))...),
 	)
-	// Generous per-source limits and short timeouts: every input is a new
-	// connection, and most are cut short by the proxy.
-	cfg := strings.Replace(baseConfig, "connections_per_source: 4", "connections_per_source: 64\n  activations_per_minute_per_source: 1000000", 1)
-	cfg = strings.Replace(cfg, "handshake_timeout: 2s", "handshake_timeout: 300ms", 1)
-	cfg = strings.Replace(cfg, "idle_timeout: 2s", "idle_timeout: 300ms", 1)
-	e := startEnv(t, fixture.Replay, cfg)
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 
 	rng := rand.New(rand.NewPCG(1688, 0x51c82175))
 	const inputs = 1500
-	forwarded := 0
+	forwarded, requests := 0, 0
+	chks := map[int]*hostcheck.Conn{} // host connection → its checker, kept across inputs
+	seen := 0                         // host records checked
 	for n := 0; n < inputs; n++ {
 		stream := mutate(rng, seeds)
-		before := e.Host.Connections()
 		conn, err := fixture.DialErr(srcDMZ, e.Addr)
 		if err != nil {
 			t.Fatalf("input %d: dial: %v", n, err)
@@ -67,24 +78,36 @@ func TestMutatedStreamsReachHostOnlyAsKMS(t *testing.T) {
 		}
 		conn.Close()
 		time.Sleep(2 * time.Millisecond)
-		for i := before; i < e.Host.Connections(); i++ {
-			chk := hostcheck.NewConn(nil)
-			for k, pdu := range e.Host.ReceivedOn(i) {
-				forwarded++
-				err := hostcheck.ErrUnframed
-				if pdu != nil {
-					err = chk.Check(pdu)
-				}
-				if err != nil {
-					t.Fatalf("input %d (%x): host PDU %d (%x): %v", n, stream, k, pdu, err)
+		recs := e.Host.Received()
+		for k, r := range recs[seen:] {
+			chk := chks[r.Conn]
+			if chk == nil {
+				chk = hostcheck.NewConn(nil)
+				chks[r.Conn] = chk
+			}
+			forwarded++
+			err := hostcheck.ErrUnframed
+			if r.Bytes != nil {
+				err = chk.Check(r.Bytes)
+				if r.Bytes[2] == byte(rpcparse.PTypeRequest) {
+					requests++
 				}
 			}
+			if err != nil {
+				t.Fatalf("input %d (%x): host PDU %d of connection %d (%x): %v", n, stream, seen+k, r.Conn, r.Bytes, err)
+			}
+		}
+		seen = len(recs)
+	}
+	if forwarded == 0 || requests == 0 {
+		t.Fatalf("%d PDUs, %d requests reached the host: the property was never exercised", forwarded, requests)
+	}
+	if m.Gateway {
+		if n := e.Host.Connections(); n > 4 {
+			t.Fatalf("the host saw %d connections behind the gateway, more than the pool's 4", n)
 		}
 	}
-	if forwarded == 0 {
-		t.Fatal("no input got anything through: the property was never exercised")
-	}
-	t.Logf("%d mutated streams, %d PDUs reached the host, all of them KMS", inputs, forwarded)
+	t.Logf("%d mutated streams, %d PDUs (%d requests) reached the host on %d connections, all of them KMS", inputs, forwarded, requests, e.Host.Connections())
 }
 
 // mutate derives one hostile stream from the seeds.

@@ -134,7 +134,9 @@ func TestFileDescriptorBudget(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cfg := strings.NewReplacer("UPSTREAM", host.Addr(), `listen: "127.0.0.1:1688" # tests bind their own listener`, `listen: "`+addr+`"`).Replace(baseConfig)
+	// Relay mode, explicitly: a bound client's second descriptor is its
+	// relayed host association (behind the gateway it has none of its own).
+	cfg := strings.NewReplacer("UPSTREAM", host.Addr(), `listen: "127.0.0.1:1688" # tests bind their own listener`, `listen: "`+addr+`"`).Replace(fixture.RelaySide.Apply(baseConfig))
 	cfg = strings.Replace(cfg, "connections_per_source: 4", "connections_per_source: 1000", 1)
 	cfg = strings.Replace(cfg, `dmz: ["127.0.0.2/32"`, `dmz: ["127.0.0.0/8"`, 1)
 	cfgPath := filepath.Join(t.TempDir(), "kmsproxy.yaml")

@@ -92,64 +92,84 @@ func threats(t *testing.T) []threat {
 	return rows
 }
 
+// TestThreats runs the table in both host-side modes. The client gets the
+// same answer and the same logged refusal in both. What the host sees
+// differs: in relay mode exactly the row's hostGets PDUs of the client's
+// connection; behind the gateway nothing of the hostile stream — the
+// pool's own bind and alter_context at most, on one connection (and the
+// fixture's checker holds every PDU to the allowed shapes). In both, a row
+// refused before any bind was allowed dials nothing.
 func TestThreats(t *testing.T) {
-	for _, tc := range threats(t) {
-		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			t.Parallel()
-			e := startEnv(t, fixture.Replay, baseConfig)
-			cl := e.Dial(srcDMZ)
-			if tc.prefix != nil {
-				cl.Send(tc.prefix)
-				if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindAck {
-					t.Fatalf("prefix bind answered with %v", p.Type)
-				}
+	inModes(t, baseConfig, func(t *testing.T, m fixture.HostSide, cfg string) {
+		for _, tc := range threats(t) {
+			t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+				t.Parallel()
+				runThreat(t, tc, m, startEnv(t, fixture.Replay, cfg, m.HostOptions()...))
+			})
+		}
+	})
+}
+
+// runThreat plays one row against e and checks the answer, the host's
+// record for mode m and the logged refusal.
+func runThreat(t *testing.T, tc threat, m fixture.HostSide, e *env) {
+	cl := e.Dial(srcDMZ)
+	if tc.prefix != nil {
+		cl.Send(tc.prefix)
+		if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindAck {
+			t.Fatalf("prefix bind answered with %v", p.Type)
+		}
+	}
+	for _, b := range tc.send {
+		if cl.SendErr(b) != nil {
+			break // the proxy may close before the last PDU
+		}
+	}
+	switch tc.want {
+	case wantNak:
+		p := fixture.Parse(t, cl.MustRecv())
+		if p.Type != rpcparse.PTypeBindNak {
+			t.Fatalf("got %v, want bind_nak", p.Type)
+		}
+		if tc.code != 0 && uint32(p.BindNak.Reason) != tc.code {
+			t.Fatalf("nak reason %d, want %d", p.BindNak.Reason, tc.code)
+		}
+	case wantFault:
+		p := fixture.Parse(t, cl.MustRecv())
+		if p.Type != rpcparse.PTypeFault {
+			t.Fatalf("got %v, want fault", p.Type)
+		}
+		if tc.code != 0 && p.Fault.Status != tc.code {
+			t.Fatalf("fault status %#x, want %#x", p.Fault.Status, tc.code)
+		}
+	}
+	cl.ExpectClosed(5 * time.Second)
+	settle()
+	if m.Gateway {
+		if err := e.Host.PoolNegotiationOnly(1); err != nil {
+			t.Fatal(err)
+		}
+	} else if got := e.Host.Received(); len(got) != tc.hostGets {
+		t.Fatalf("host received %d PDUs, want %d", len(got), tc.hostGets)
+	}
+	if tc.hostGets == 0 && e.Host.Connections() != 0 {
+		t.Fatalf("host was dialled for a refused connection")
+	}
+	if tc.prefix != nil {
+		checkPooled(t, m, func() []map[string]any { return e.Events("") })
+	}
+	// Every refusal is one logged decision with a reason.
+	refusals := 0
+	for _, ev := range e.Events("") {
+		if ev["event.outcome"] == "failure" && ev["event.action"] != "connection-closed" {
+			refusals++
+			if ev["event.reason"] == nil || ev["event.reason"] == "" {
+				t.Fatalf("refusal without event.reason: %v", ev)
 			}
-			for _, b := range tc.send {
-				if cl.SendErr(b) != nil {
-					break // the proxy may close before the last PDU
-				}
-			}
-			switch tc.want {
-			case wantNak:
-				p := fixture.Parse(t, cl.MustRecv())
-				if p.Type != rpcparse.PTypeBindNak {
-					t.Fatalf("got %v, want bind_nak", p.Type)
-				}
-				if tc.code != 0 && uint32(p.BindNak.Reason) != tc.code {
-					t.Fatalf("nak reason %d, want %d", p.BindNak.Reason, tc.code)
-				}
-			case wantFault:
-				p := fixture.Parse(t, cl.MustRecv())
-				if p.Type != rpcparse.PTypeFault {
-					t.Fatalf("got %v, want fault", p.Type)
-				}
-				if tc.code != 0 && p.Fault.Status != tc.code {
-					t.Fatalf("fault status %#x, want %#x", p.Fault.Status, tc.code)
-				}
-			}
-			cl.ExpectClosed(5 * time.Second)
-			settle()
-			got := e.Host.Received()
-			if len(got) != tc.hostGets {
-				t.Fatalf("host received %d PDUs, want %d", len(got), tc.hostGets)
-			}
-			if tc.hostGets == 0 && e.Host.Connections() != 0 {
-				t.Fatalf("host was dialled for a refused connection")
-			}
-			// Every refusal is one logged decision with a reason.
-			refusals := 0
-			for _, ev := range e.Events("") {
-				if ev["event.outcome"] == "failure" && ev["event.action"] != "connection-closed" {
-					refusals++
-					if ev["event.reason"] == nil || ev["event.reason"] == "" {
-						t.Fatalf("refusal without event.reason: %v", ev)
-					}
-				}
-			}
-			if refusals == 0 {
-				t.Fatalf("no refusal event logged:\n%s", e.Log.String())
-			}
-		})
+		}
+	}
+	if refusals == 0 {
+		t.Fatalf("no refusal event logged:\n%s", e.Log.String())
 	}
 }
 

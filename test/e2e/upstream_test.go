@@ -16,10 +16,12 @@ import (
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
-// withUpstreams is baseConfig with the given upstreams, tried in order.
+// withUpstreams is baseConfig with the given upstreams, tried in order,
+// in relay mode, explicitly: these tests count each client's own dials
+// (the pool's are held by pool/ and gateway_failure_test.go).
 func withUpstreams(t *testing.T, cfg string, addrs ...string) string {
 	t.Helper()
-	out := strings.Replace(cfg, `upstreams: ["UPSTREAM"]`, `upstreams: ["`+strings.Join(addrs, `", "`)+`"]`, 1)
+	out := strings.Replace(fixture.RelaySide.Apply(cfg), `upstreams: ["UPSTREAM"]`, `upstreams: ["`+strings.Join(addrs, `", "`)+`"]`, 1)
 	if out == cfg {
 		t.Fatal("config edit did not apply")
 	}
