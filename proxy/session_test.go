@@ -19,6 +19,9 @@ import (
 // imports this package). They reach the paths e2e reaches from outside —
 // forward and await, refusal answers, violations, cancels, a silent host,
 // an unasked host PDU — so `go test -cover ./proxy` measures the session.
+// They run the relayed session (upstream_pool.enabled: false): the mini
+// host answers by position what a client's own association sends; the
+// terminating gateway is tested end to end (test/e2e/gateway_test.go).
 
 const sessionPolicy = `
 listen: "127.0.0.1:0"
@@ -27,6 +30,7 @@ zones: { dmz: ["127.0.0.0/8"] }
 rules:
   - { name: dmz-activation, from: [dmz], interface: kms, opnums: [0], auth: [none], kms: { versions: [4,5,6] }, action: allow }
 limits: { idle_timeout: 1s, handshake_timeout: 1s, upstream_connect_timeout: 1s }
+upstream_pool: { enabled: false }
 `
 
 // miniHost answers as the captured host did: each client PDU it receives
