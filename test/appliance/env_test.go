@@ -29,6 +29,8 @@ const (
 
 // proxyConfig is the policy of the probe, PROXY protocol and shadow tests.
 // UPSTREAM is the fixture host; EXTRA is replaced by extra top-level keys.
+// It relays (upstream_pool.enabled: false); startEnvIn sets the host-side
+// mode, for the tests that run in both.
 const proxyConfig = `
 listen: "127.0.0.1:1688"
 upstreams: ["UPSTREAM"]
@@ -59,6 +61,7 @@ limits:
   idle_timeout: 2s
   upstream_connect_timeout: 1s
 management: { listen: "127.0.0.1:0" }
+upstream_pool: { enabled: false }
 EXTRA
 `
 
@@ -74,8 +77,22 @@ func startEnv(t *testing.T, mode fixture.Mode, extra string) *fixture.Env {
 
 func startEnvPerSource(t *testing.T, mode fixture.Mode, extra string, perSource int) *fixture.Env {
 	t.Helper()
+	return startEnvIn(t, fixture.RelaySide, mode, extra, perSource)
+}
+
+// startEnvIn is startEnvPerSource in host-side mode m.
+func startEnvIn(t *testing.T, m fixture.HostSide, mode fixture.Mode, extra string, perSource int) *fixture.Env {
+	t.Helper()
 	cfg := strings.Replace(withExtra(proxyConfig, extra), "PERSOURCE", strconv.Itoa(perSource), 1)
-	return fixture.StartEnv(t, mode, cfg)
+	return fixture.StartEnv(t, mode, m.Apply(cfg), m.HostOptions()...)
+}
+
+// inModes runs f as a subtest per host-side mode.
+func inModes(t *testing.T, f func(t *testing.T, m fixture.HostSide)) {
+	t.Helper()
+	for _, m := range fixture.HostSides {
+		t.Run(m.Name, func(t *testing.T) { f(t, m) })
+	}
 }
 
 // settle gives in-flight bytes time to arrive before asserting absence.

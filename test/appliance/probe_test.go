@@ -39,10 +39,15 @@ func checkNames(rep *probe.Report) []string {
 	return out
 }
 
-// Through the proxy every check comes out as expected, and the host saw
-// nothing but the two KMS binds.
+// Through the proxy every check comes out as expected, in both host-side
+// modes, and the host saw nothing of the probe's but the two KMS binds
+// (relay), or only the pool's own bind and alter_context (gateway).
 func TestProbeAgainstProxyPasses(t *testing.T) {
-	e := startEnv(t, fixture.Replay, "")
+	inModes(t, testProbeAgainstProxy)
+}
+
+func testProbeAgainstProxy(t *testing.T, m fixture.HostSide) {
+	e := startEnvIn(t, m, fixture.Replay, "", 16)
 	rep := runProbe(e.Addr, srcDMZ)
 	if !slices.Equal(checkNames(rep), wantChecks) {
 		t.Fatalf("checks = %v, want %v", checkNames(rep), wantChecks)
@@ -71,8 +76,16 @@ func TestProbeAgainstProxyPasses(t *testing.T) {
 	settle()
 	got := receivedSummary(t, e.Host)
 	want := []string{"bind:kms+kms+kms", "bind:kms+kms+kms"}
+	if m.Gateway {
+		// The pool's negotiation as vlmcsd needs it: the Windows bind, then
+		// NDR 2.0 by alter_context.
+		want = []string{"bind:kms+kms+kms", "alter_context:kms"}
+		if err := e.Host.PoolNegotiationOnly(1); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if !slices.Equal(got, want) {
-		t.Fatalf("host received %v, want only the two KMS binds %v", got, want)
+		t.Fatalf("host received %v, want only %v", got, want)
 	}
 	if acts := e.Events("kms-activation"); len(acts) != 0 {
 		t.Fatalf("the probe caused %d activations", len(acts))
@@ -165,9 +178,14 @@ func TestProbeAgainstRelayToOpenHostNamesEverything(t *testing.T) {
 }
 
 // Exit 1 too, and said so, when the KMS bind is refused: clients could not
-// activate. Here the probe runs from a source in no zone.
+// activate. Here the probe runs from a source in no zone, in both
+// host-side modes.
 func TestProbeKMSBindRefusedFails(t *testing.T) {
-	e := startEnv(t, fixture.Replay, "")
+	inModes(t, testProbeKMSBindRefused)
+}
+
+func testProbeKMSBindRefused(t *testing.T, m fixture.HostSide) {
+	e := startEnvIn(t, m, fixture.Replay, "", 16)
 	rep := runProbe(e.Addr, srcNowhere)
 	if rep.OK() || rep.KMSAccepted() || len(rep.GotThrough()) != 0 {
 		t.Fatalf("OK=%v KMSAccepted=%v GotThrough=%v", rep.OK(), rep.KMSAccepted(), rep.GotThrough())

@@ -37,8 +37,9 @@ func header(t *testing.T, version byte, src, dst string) []byte {
 }
 
 // activate plays a capture's exchange and returns the replies, stopping at
-// the first reply that is not the captured one.
-func activate(t *testing.T, cl *fixture.Client, c fixture.Capture, first []byte) (replies [][]byte, refused *rpcparse.PDU) {
+// the first reply that does not answer as the captured one does in
+// host-side mode m (fixture.HostSide.SameAnswer).
+func activate(t *testing.T, m fixture.HostSide, cl *fixture.Client, c fixture.Capture, first []byte) (replies [][]byte, refused *rpcparse.PDU) {
 	t.Helper()
 	for i, pdu := range c.C2S {
 		if i == 0 {
@@ -46,7 +47,7 @@ func activate(t *testing.T, cl *fixture.Client, c fixture.Capture, first []byte)
 		}
 		cl.Send(pdu)
 		got := cl.MustRecv()
-		if !bytes.Equal(got, c.S2C[i]) {
+		if !m.SameAnswer(got, c.S2C[i]) {
 			return replies, fixture.Parse(t, got)
 		}
 		replies = append(replies, got)
@@ -56,19 +57,24 @@ func activate(t *testing.T, cl *fixture.Client, c fixture.Capture, first []byte)
 
 // A trusted peer's header sets the source: the zone, the rules and the
 // events are the carried client's; the destination is the header's too.
+// In both host-side modes.
 func TestProxyProtocolSetsSource(t *testing.T) {
+	inModes(t, testProxyProtocolSetsSource)
+}
+
+func testProxyProtocolSetsSource(t *testing.T, m fixture.HostSide) {
 	win, err := fixture.LoadCapture("win10-v6")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, v := range []byte{1, 2} {
 		t.Run("v"+string(rune('0'+v)), func(t *testing.T) {
-			e := startEnv(t, fixture.Replay, lbConfig)
+			e := startEnvIn(t, m, fixture.Replay, lbConfig, 16)
 			e.Host.UseCapture(win.Name)
 
 			// From dmz (every application): the Windows activation goes through.
 			cl := e.Dial(srcLB)
-			replies, refused := activate(t, cl, win, header(t, v, "127.0.0.2:50002", "192.0.2.10:1688"))
+			replies, refused := activate(t, m, cl, win, header(t, v, "127.0.0.2:50002", "192.0.2.10:1688"))
 			if refused != nil || len(replies) != len(win.S2C) {
 				t.Fatalf("dmz activation through the LB: %d replies, refused %v", len(replies), refused)
 			}
@@ -80,7 +86,7 @@ func TestProxyProtocolSetsSource(t *testing.T) {
 
 			// From office-only: the same request is refused by that zone's rule.
 			cl = e.Dial(srcLB)
-			replies, refused = activate(t, cl, win, header(t, v, "127.0.0.3:50003", "192.0.2.10:1688"))
+			replies, refused = activate(t, m, cl, win, header(t, v, "127.0.0.3:50003", "192.0.2.10:1688"))
 			if refused == nil || refused.Type != rpcparse.PTypeFault || len(replies) != 2 {
 				t.Fatalf("office-only zone: %d replies, then %v; want a fault on the request", len(replies), refused)
 			}
@@ -136,11 +142,16 @@ func probeBind() []byte {
 }
 
 // A header from a peer outside proxy_protocol.trusted is a violation:
-// closed, logged with reason proxy-header, nothing reaches the host.
+// closed, logged with reason proxy-header, nothing reaches the host. In
+// both host-side modes.
 func TestProxyProtocolUntrustedPeerRefused(t *testing.T) {
+	inModes(t, testProxyProtocolUntrustedPeer)
+}
+
+func testProxyProtocolUntrustedPeer(t *testing.T, m fixture.HostSide) {
 	for _, v := range []byte{1, 2} {
 		t.Run("v"+string(rune('0'+v)), func(t *testing.T) {
-			e := startEnv(t, fixture.Replay, lbConfig)
+			e := startEnvIn(t, m, fixture.Replay, lbConfig, 16)
 			// 127.0.0.2 is an admitted dmz client, but no load balancer.
 			cl := e.Dial(srcDMZ)
 			cl.Send(append(header(t, v, "127.0.0.3:1234", "127.0.0.1:1688"), probeBind()...))
@@ -159,8 +170,13 @@ func TestProxyProtocolUntrustedPeerRefused(t *testing.T) {
 
 // A trusted peer must send a header: no header, a header that never
 // completes, a malformed one or a LOCAL one (the balancer's own address,
-// in no zone) all end the connection before the host is dialled.
+// in no zone) all end the connection before the host is dialled. In both
+// host-side modes.
 func TestProxyProtocolTrustedPeerFailures(t *testing.T) {
+	inModes(t, testProxyProtocolTrustedPeerFailures)
+}
+
+func testProxyProtocolTrustedPeerFailures(t *testing.T, m fixture.HostSide) {
 	partialV2 := header(t, 2, "127.0.0.2:1", "127.0.0.1:1688")[:20]
 	local, err := (&proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}).Format()
 	if err != nil {
@@ -179,7 +195,7 @@ func TestProxyProtocolTrustedPeerFailures(t *testing.T) {
 		{"local command", append(local, probeBind()...), "source-not-in-zone", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := startEnv(t, fixture.Replay, lbConfig)
+			e := startEnvIn(t, m, fixture.Replay, lbConfig, 16)
 			cl := e.Dial(srcLB)
 			t0 := time.Now()
 			if tc.send != nil {

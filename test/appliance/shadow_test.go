@@ -14,7 +14,10 @@ import (
 )
 
 // shadowPolicy builds a config whose single dmz rule allows KMS for apps
-// ("" = every application); UPSTREAM and EXTRA as in proxyConfig.
+// ("" = every application); UPSTREAM and EXTRA as in proxyConfig. The
+// tests run the live policy in both host-side modes (HostSide.Apply): the
+// shadow is evaluated on the client's association, which is the same in
+// both.
 func shadowPolicy(apps string) string {
 	return strings.NewReplacer("APPS", apps).Replace(`
 listen: "127.0.0.1:1688"
@@ -65,7 +68,7 @@ func shadowCounter(t *testing.T, e *fixture.Env, live, shadow string) float64 {
 
 // runWindowsActivation plays win10-v6 from the dmz client and returns
 // whether the host answered the activation.
-func runWindowsActivation(t *testing.T, e *fixture.Env) (activated bool, conn *fixture.Client) {
+func runWindowsActivation(t *testing.T, m fixture.HostSide, e *fixture.Env) (activated bool, conn *fixture.Client) {
 	t.Helper()
 	win, err := fixture.LoadCapture("win10-v6")
 	if err != nil {
@@ -73,7 +76,7 @@ func runWindowsActivation(t *testing.T, e *fixture.Env) (activated bool, conn *f
 	}
 	e.Host.UseCapture(win.Name)
 	cl := e.Dial(srcDMZ)
-	replies, refused := activate(t, cl, win, nil)
+	replies, refused := activate(t, m, cl, win, nil)
 	if refused != nil && refused.Type != rpcparse.PTypeFault {
 		t.Fatalf("unexpected answer %v", refused.Type)
 	}
@@ -86,8 +89,12 @@ func runWindowsActivation(t *testing.T, e *fixture.Env) (activated bool, conn *f
 // activation goes through and one shadow-decision says the candidate
 // would have refused it.
 func TestShadowStricterCandidate(t *testing.T) {
-	e := fixture.StartEnv(t, fixture.Replay, shadowConfigs(t, "", "office2013"))
-	if ok, _ := runWindowsActivation(t, e); !ok {
+	inModes(t, testShadowStricterCandidate)
+}
+
+func testShadowStricterCandidate(t *testing.T, m fixture.HostSide) {
+	e := fixture.StartEnv(t, fixture.Replay, m.Apply(shadowConfigs(t, "", "office2013")), m.HostOptions()...)
+	if ok, _ := runWindowsActivation(t, m, e); !ok {
 		t.Fatal("live policy allows Windows, but the activation did not go through")
 	}
 	if n := len(e.Events("kms-activation")); n != 1 {
@@ -115,8 +122,12 @@ func TestShadowStricterCandidate(t *testing.T) {
 // activation (it never reaches the host) and one shadow-decision says the
 // candidate would have allowed it.
 func TestShadowWiderCandidate(t *testing.T) {
-	e := fixture.StartEnv(t, fixture.Replay, shadowConfigs(t, "office2013", ""))
-	if ok, _ := runWindowsActivation(t, e); ok {
+	inModes(t, testShadowWiderCandidate)
+}
+
+func testShadowWiderCandidate(t *testing.T, m fixture.HostSide) {
+	e := fixture.StartEnv(t, fixture.Replay, m.Apply(shadowConfigs(t, "office2013", "")), m.HostOptions()...)
+	if ok, _ := runWindowsActivation(t, m, e); ok {
 		t.Fatal("live policy allows only Office, but Windows activated")
 	}
 	e.WaitEvent("request-refused", map[string]any{"event.reason": "kms-application-not-allowed"})
@@ -141,8 +152,12 @@ func TestShadowWiderCandidate(t *testing.T) {
 
 // Equal policies: no shadow event at all.
 func TestShadowSamePolicySilent(t *testing.T) {
-	e := fixture.StartEnv(t, fixture.Replay, shadowConfigs(t, "", ""))
-	if ok, _ := runWindowsActivation(t, e); !ok {
+	inModes(t, testShadowSamePolicySilent)
+}
+
+func testShadowSamePolicySilent(t *testing.T, m fixture.HostSide) {
+	e := fixture.StartEnv(t, fixture.Replay, m.Apply(shadowConfigs(t, "", "")), m.HostOptions()...)
+	if ok, _ := runWindowsActivation(t, m, e); !ok {
 		t.Fatal("activation refused")
 	}
 	time.Sleep(50 * time.Millisecond)
@@ -154,6 +169,10 @@ func TestShadowSamePolicySilent(t *testing.T) {
 // A candidate that refuses the call itself (opnum not listed) differs once
 // per call, at the request, not again at the KMS check.
 func TestShadowRequestLevelDifferenceReportedOnce(t *testing.T) {
+	inModes(t, testShadowRequestLevelDifferenceReportedOnce)
+}
+
+func testShadowRequestLevelDifferenceReportedOnce(t *testing.T, m fixture.HostSide) {
 	path := filepath.Join(t.TempDir(), "candidate.yaml")
 	candidate := `
 upstreams: ["127.0.0.1:1688"]
@@ -166,8 +185,8 @@ management: { listen: "127.0.0.1:0" }
 		t.Fatal(err)
 	}
 	live := strings.ReplaceAll(shadowPolicy(""), "RULENAME", "any")
-	e := fixture.StartEnv(t, fixture.Replay, withExtra(live, "shadow: { config: "+path+" }"))
-	if ok, _ := runWindowsActivation(t, e); !ok {
+	e := fixture.StartEnv(t, fixture.Replay, m.Apply(withExtra(live, "shadow: { config: "+path+" }")), m.HostOptions()...)
+	if ok, _ := runWindowsActivation(t, m, e); !ok {
 		t.Fatal("activation refused")
 	}
 	evs := e.Events("shadow-decision")
