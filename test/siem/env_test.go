@@ -29,7 +29,11 @@ const (
 	srcNowhere = "127.0.0.9" // in no zone
 )
 
-// baseConfig: UPSTREAM is replaced by the fixture host's address.
+// baseConfig: UPSTREAM is replaced by the fixture host's address. It
+// relays (upstream_pool.enabled: false): the metric tests compare exact
+// series (bytes relayed per direction, one upstream dial per activation)
+// and the per-action tests script the relayed association's events; the
+// gateway's own metrics and events are held by test/e2e/gateway_test.go.
 const baseConfig = `
 listen: "127.0.0.1:1688"
 upstreams: ["UPSTREAM"]
@@ -62,6 +66,7 @@ limits:
   idle_timeout: 2s
   upstream_connect_timeout: 1s
 management: { listen: "127.0.0.1:0" }
+upstream_pool: { enabled: false }
 `
 
 // detailLog, appended to baseConfig, logs the allowed path in detail: the
