@@ -9,11 +9,12 @@
 // raw bytes) with chosen byte orders, flags, call and context ids,
 // abstract and transfer syntaxes, auth trailers, KMS stubs from the
 // captures and corrupted header fields. It sends them through a real
-// proxy.Server on a loopback listener to the recording fixture host, and
-// checks every byte the proxy wrote to the host with a fresh
-// hostcheck.Conn per host connection: whatever the client sends, only a
-// KMS v1.0 bind or alter_context and opnum-0 calls carrying a valid KMS
-// request may arrive. A panic in the proxy or anything else at the host
+// proxy.Server on a loopback listener to the recording fixture host, in
+// both host-side modes (relay, and the terminating gateway, whose pool's
+// host connections carry many inputs' calls), and checks every byte the
+// proxy wrote to the host with a hostcheck.Conn per host connection:
+// whatever the client sends, only a KMS v1.0 bind or alter_context and
+// opnum-0 calls carrying a valid KMS request may arrive. A panic in the proxy or anything else at the host
 // is a crasher, kept in testdata/fuzz/FuzzSession.
 //
 // It does not fuzz the framer or the parsers on their own (rpcparse and

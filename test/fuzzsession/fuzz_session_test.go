@@ -14,25 +14,52 @@ import (
 // FuzzSession drives the real proxy session with structured PDU sequences
 // (input_test.go) and fails on anything the host-side invariant refuses
 // reaching the host, on a panic, and on a session that outlives its client.
-// The proxies and the host are made once per fuzz process; each input is
-// one client connection, checked as soon as the proxy has let it go.
+// Every input runs in both host-side modes: through proxies that relay to
+// one host, and through proxies whose terminating gateway serves another.
+// The proxies and the hosts are made once per fuzz process; each input is
+// one client connection per mode, checked as soon as the proxy has let it
+// go.
 func FuzzSession(f *testing.F) {
-	h := newHarness(f, policy)
+	var hs []*harness
+	for _, side := range fixture.HostSides {
+		hs = append(hs, newHarness(f, policy, side))
+	}
 	for _, s := range seeds() {
 		f.Add(encode(s.in))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if _, err := h.run(decode(b)); err != nil {
-			t.Fatal(err)
+		for _, h := range hs {
+			if _, err := h.run(decode(b)); err != nil {
+				t.Fatalf("%s: %v", h.side.Name, err)
+			}
 		}
 	})
 }
 
-// seed is a starting input and how many requests it gets to the host.
+// seed is a starting input and how many requests it gets to the host in
+// relay mode (behind the gateway, gatewayRequests).
 type seed struct {
 	name     string
 	in       input
 	requests int
+}
+
+// gatewayRequests is how many requests a seed gets to the host behind the
+// gateway where that differs from relay mode: the pool sends each allowed
+// call as one request PDU of its own, however many fragments the client
+// split it into.
+var gatewayRequests = map[string]int{
+	"three-fragment call":                     1,
+	"four-fragment call, two fragments empty": 1,
+	"big-endian two-fragment NDR64 call":      1,
+}
+
+// requestsIn is how many requests s gets to the host in mode side.
+func (s seed) requestsIn(side fixture.HostSide) int {
+	if n, ok := gatewayRequests[s.name]; ok && side.Gateway {
+		return n
+	}
+	return s.requests
 }
 
 // Op builders for the seeds.
@@ -140,20 +167,25 @@ func seeds() []seed {
 	}
 }
 
-// TestSeeds runs each seed once and checks it got as many requests to the
-// host as it should: the fuzzer starts from sequences that reach the host
-// and from ones that must not, so neither half of the invariant is vacuous.
+// TestSeeds runs each seed once in each host-side mode and checks it got
+// as many requests to the host as it should: the fuzzer starts from
+// sequences that reach the host and from ones that must not, so neither
+// half of the invariant is vacuous.
 func TestSeeds(t *testing.T) {
-	h := newHarness(t, policy)
-	for _, s := range seeds() {
-		t.Run(s.name, func(t *testing.T) {
-			in := decode(encode(s.in))
-			res, err := h.run(in)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := res.requests(); got != s.requests {
-				t.Errorf("%d request PDUs reached the host, want %d; input:\n%s", got, s.requests, describe(in, builtAll(h, in)))
+	for _, side := range fixture.HostSides {
+		t.Run(side.Name, func(t *testing.T) {
+			h := newHarness(t, policy, side)
+			for _, s := range seeds() {
+				t.Run(s.name, func(t *testing.T) {
+					in := decode(encode(s.in))
+					res, err := h.run(in)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got, want := res.requests(), s.requestsIn(side); got != want {
+						t.Errorf("%d request PDUs reached the host, want %d; input:\n%s", got, want, describe(in, builtAll(h, in)))
+					}
+				})
 			}
 		})
 	}
@@ -247,15 +279,19 @@ func TestHarnessCatchesAWiderPolicy(t *testing.T) {
     auth: [none]
     action: allow
 `, 1)
-	// The policy lets SAMR through on purpose: the host's own checker
-	// would fail this test at its end for what this test expects to see.
-	h := newHarness(t, wide, fixture.WithoutChecker("the policy allows SAMR to show the harness reports it"))
-	in := input{gWait, []op{bindOp(le, ctxOf(0, absSAMR, trNDR20))}}
-	_, err := h.run(in)
-	if !errors.Is(err, hostcheck.ErrAbstract) {
-		t.Fatalf("run = %v, want a hostcheck.ErrAbstract", err)
-	}
-	if _, err := h.run(input{gWait, []op{bindOp(le, kmsContexts...), reqOp(le, 1, 0, valid(blobV6, false))}}); err != nil {
-		t.Fatalf("a legitimate activation after it: %v", err)
+	for _, side := range fixture.HostSides {
+		t.Run(side.Name, func(t *testing.T) {
+			// The policy lets SAMR through on purpose: the host's own checker
+			// would fail this test at its end for what this test expects to see.
+			h := newHarness(t, wide, side, fixture.WithoutChecker("the policy allows SAMR to show the harness reports it"))
+			in := input{gWait, []op{bindOp(le, ctxOf(0, absSAMR, trNDR20))}}
+			_, err := h.run(in)
+			if !errors.Is(err, hostcheck.ErrAbstract) {
+				t.Fatalf("run = %v, want a hostcheck.ErrAbstract", err)
+			}
+			if _, err := h.run(input{gWait, []op{bindOp(le, kmsContexts...), reqOp(le, 1, 0, valid(blobV6, false))}}); err != nil {
+				t.Fatalf("a legitimate activation after it: %v", err)
+			}
+		})
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/event"
+	"github.com/kmsproxy/kmsproxy/pool"
 	"github.com/kmsproxy/kmsproxy/proxy"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
@@ -74,10 +75,11 @@ const (
 )
 
 // harness is one fixture host behind two proxies (on_deny reject and
-// drop), made once per fuzz process and shared by every input, which run
-// one at a time. The proxies dial the host through tap, which keeps every
-// byte they write upstream.
+// drop) in one host-side mode, made once per fuzz process and shared by
+// every input, which run one at a time. The proxies dial the host through
+// tap, which keeps every byte they write upstream.
 type harness struct {
+	side  fixture.HostSide
 	host  *fixture.Host
 	srvs  [2]*proxy.Server
 	addrs [2]string
@@ -85,19 +87,24 @@ type harness struct {
 	tap   tap
 	blobs [][]byte
 
-	hostConns int // host connections checked
-	hostRecs  int // host records consumed
-	hostViols int // host violations reported
-	n         int // inputs run
+	hostConns int           // host connections checked
+	hostRecs  int           // host records consumed
+	hostViols int           // host violations reported
+	pooled    []*pooledConn // behind the gateway: every host connection, kept across inputs
+	n         int           // inputs run
 }
 
-// newHarness starts the host (with opts) and the proxies under policyText.
-func newHarness(t testing.TB, policyText string, opts ...fixture.HostOption) *harness {
+// newHarness starts the host (with opts) and the proxies under policyText
+// in host-side mode side. The host answers as the plain Replay host in
+// both modes (not by content behind the gateway): it accepts every KMS
+// context it is offered, NDR 2.0 beside NDR64 too, so the same inputs get
+// as far in both modes.
+func newHarness(t testing.TB, policyText string, side fixture.HostSide, opts ...fixture.HostOption) *harness {
 	t.Helper()
-	h := &harness{host: fixture.StartHost(t, fixture.Replay, opts...), blobs: mustBlobs(t)}
+	h := &harness{side: side, host: fixture.StartHost(t, fixture.Replay, opts...), blobs: mustBlobs(t)}
 	dir := t.TempDir()
 	for i, onDeny := range []string{"reject", "drop"} {
-		text := strings.NewReplacer("UPSTREAM", h.host.Addr(), "ON_DENY", onDeny).Replace(policyText)
+		text := strings.NewReplacer("UPSTREAM", h.host.Addr(), "ON_DENY", onDeny).Replace(side.Apply(policyText))
 		path := filepath.Join(dir, onDeny+".yaml")
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
@@ -280,8 +287,12 @@ func isTimeout(err error) bool {
 
 // check holds every byte written to the host since the last input to a
 // fresh hostcheck.Conn per host connection, then confirms the fixture host
-// received exactly those bytes and its own checker agrees.
+// received exactly those bytes and its own checker agrees. Behind the
+// gateway, checkPooled.
 func (h *harness) check() (result, error) {
+	if h.side.Gateway {
+		return h.checkPooled()
+	}
 	var res result
 	conns := h.tap.take()
 	first := h.hostConns
@@ -318,6 +329,19 @@ func (h *harness) check() (result, error) {
 // hostcheck.Conn over it, ending it as a clean close.
 func checkStream(b []byte) ([][]byte, error) {
 	chk := hostcheck.NewConn(nil)
+	pdus, err := checkPDUs(chk, b)
+	if err != nil {
+		return pdus, err
+	}
+	if err := chk.End(); err != nil {
+		return pdus, err
+	}
+	return pdus, nil
+}
+
+// checkPDUs frames b, which must end at a PDU boundary, and holds each PDU
+// to chk.
+func checkPDUs(chk *hostcheck.Conn, b []byte) ([][]byte, error) {
 	var pdus [][]byte
 	for i := 0; len(b) > 0; i++ {
 		if len(b) < 16 {
@@ -334,10 +358,120 @@ func checkStream(b []byte) ([][]byte, error) {
 			return pdus, fmt.Errorf("PDU %d (%x): %w", i, pdu, err)
 		}
 	}
-	if err := chk.End(); err != nil {
-		return pdus, err
-	}
 	return pdus, nil
+}
+
+// pooledConn is one host connection behind the gateway: the pool's own
+// association, carrying the calls of many inputs (or a relayed one, for a
+// bind the gateway does not terminate), checked as one stream.
+type pooledConn struct {
+	tc      *tapConn
+	idx     int             // the fixture host's index of the connection
+	chk     *hostcheck.Conn // its checker, from its first PDU on
+	off     int             // bytes the proxy wrote that are checked
+	hostOff int             // of those, bytes the fixture host is known to have recorded
+	ended   bool            // closed and ended
+}
+
+// checkPooled is check behind the gateway, where the host's connections
+// outlive the inputs: every byte written to each since the last input is
+// held to that connection's own hostcheck.Conn, the fixture host must have
+// recorded exactly what the proxy wrote, no more than the pool's
+// MaxAssociations stay open, and the host checker agrees.
+func (h *harness) checkPooled() (result, error) {
+	var res result
+	for _, tc := range h.tap.take() {
+		h.pooled = append(h.pooled, &pooledConn{tc: tc, idx: h.hostConns, chk: hostcheck.NewConn(nil)})
+		h.hostConns++
+		res.conns++
+	}
+	var firstErr error
+	open := 0
+	byIdx := map[int]*pooledConn{}
+	for _, pc := range h.pooled {
+		if pc.ended {
+			continue
+		}
+		byIdx[pc.idx] = pc
+		closed := pc.tc.closed.Load()
+		if closed {
+			select {
+			case <-pc.tc.done:
+			case <-time.After(2 * closeWait):
+				firstErr = errors.Join(firstErr, fmt.Errorf("the fixture host kept connection %d open after the proxy closed it", pc.idx))
+			}
+		} else {
+			open++
+		}
+		b := pc.tc.sentBytes()
+		pdus, err := checkPDUs(pc.chk, b[pc.off:])
+		pc.off = len(b)
+		res.pdus = append(res.pdus, pdus...)
+		if err == nil && closed {
+			err = pc.chk.End()
+		}
+		if err != nil {
+			firstErr = errors.Join(firstErr, fmt.Errorf("host connection %d: %w", pc.idx, err))
+		}
+	}
+	if open > pool.DefaultMaxAssociations {
+		firstErr = errors.Join(firstErr, fmt.Errorf("%d host connections open after the input, more than the pool's %d", open, pool.DefaultMaxAssociations))
+	}
+	// The host records each PDU before it answers, and the pool waited for
+	// every answer; a PDU the host does not answer may still be in
+	// flight, so wait a little for the record to match.
+	deadline := time.Now().Add(closeWait)
+	for {
+		err, behind := h.matchPooled(byIdx)
+		if err != nil || behind == nil {
+			firstErr = errors.Join(firstErr, err)
+			break
+		}
+		if time.Now().After(deadline) {
+			firstErr = errors.Join(firstErr, behind)
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, pc := range byIdx {
+		if pc.tc.closed.Load() {
+			pc.ended = true
+		}
+	}
+	vs := h.host.Violations()
+	for _, v := range vs[h.hostViols:] {
+		firstErr = errors.Join(firstErr, fmt.Errorf("fixture host checker: %v", v))
+	}
+	h.hostViols = len(vs)
+	return res, firstErr
+}
+
+// matchPooled consumes the fixture host's new records, each of which must
+// be the next bytes the proxy wrote on its connection (err otherwise), and
+// reports in behind any connection whose record is behind what the proxy
+// wrote.
+func (h *harness) matchPooled(byIdx map[int]*pooledConn) (err, behind error) {
+	recs := h.host.Received()[h.hostRecs:]
+	h.hostRecs += len(recs)
+	for _, r := range recs {
+		pc := byIdx[r.Conn]
+		if pc == nil {
+			err = errors.Join(err, fmt.Errorf("the fixture host received bytes on connection %d, which the proxy had closed or never dialled", r.Conn))
+			continue
+		}
+		b := pc.tc.sentBytes()
+		if end := pc.hostOff + len(r.Bytes); r.Bytes == nil || end > len(b) || !bytes.Equal(b[pc.hostOff:end], r.Bytes) {
+			err = errors.Join(err, fmt.Errorf("the fixture host recorded %x on connection %d, not what the proxy wrote there", r.Bytes, r.Conn))
+			continue
+		}
+		pc.hostOff += len(r.Bytes)
+	}
+	for _, pc := range byIdx {
+		if pc.hostOff != pc.off {
+			behind = errors.Join(behind, fmt.Errorf("the fixture host recorded %d bytes on connection %d, the proxy wrote %d", pc.hostOff, pc.idx, pc.off))
+		}
+	}
+	return err, behind
 }
 
 // checkHost compares what the fixture host recorded on the new
