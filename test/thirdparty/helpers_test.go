@@ -28,7 +28,9 @@ const (
 // the interface/auth policy, not an accept-time source check. Connection
 // limits are generous because rpcmap opens one connection per UUID. The
 // allowed path is logged in detail, so that "no bind-allowed event" means
-// no bind was allowed (summary mode writes none at all).
+// no bind was allowed (summary mode writes none at all). Every test runs
+// it in both host-side modes (inModes): relay as written here, and the
+// terminating gateway.
 const config = `
 listen: "127.0.0.1:1688" # tests bind their own listeners
 upstreams: ["UPSTREAM"]
@@ -53,11 +55,25 @@ limits:
   upstream_connect_timeout: 1s
 management: { listen: "127.0.0.1:0" }
 log: { allowed: detail }
+upstream_pool: { enabled: false }
 `
 
-func startEnv(t *testing.T) *fixture.Env {
+// startEnv starts a fixture host and a proxy with config in host-side
+// mode m.
+func startEnv(t *testing.T, m fixture.HostSide) *fixture.Env {
 	t.Helper()
-	return fixture.StartEnv(t, fixture.Replay, config)
+	return fixture.StartEnv(t, fixture.Replay, m.Apply(config), m.HostOptions()...)
+}
+
+// inModes runs f as a parallel subtest per host-side mode.
+func inModes(t *testing.T, f func(t *testing.T, m fixture.HostSide)) {
+	t.Helper()
+	for _, m := range fixture.HostSides {
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			f(t, m)
+		})
+	}
 }
 
 // requireFile fails the test loudly when a Debian tool is missing.
@@ -166,7 +182,8 @@ func splitAddr(t *testing.T, addr string) (string, string) {
 // that nothing did: absence can only be checked after a wait.
 func settle() { time.Sleep(200 * time.Millisecond) }
 
-// assertNothingAtHost fails when any byte or connection reached the KMS host.
+// assertNothingAtHost fails when any byte or connection reached the KMS
+// host, in either host-side mode.
 func assertNothingAtHost(t *testing.T, env *fixture.Env) {
 	t.Helper()
 	settle()

@@ -22,11 +22,11 @@ const netnsMarker = "KMSPROXY_THIRDPARTY_NETNS"
 // default transport) and KMS.
 var netnsPorts = []int{135, 445, 1688}
 
-// netnsCases are the subtests the inner run must pass; the outer run checks
-// each one actually ran and passed.
+// netnsCases are the subtests the inner run must pass, each in both
+// host-side modes; the outer run checks each one actually ran and passed.
 var netnsCases = []struct {
 	name string
-	run  func(t *testing.T)
+	run  func(t *testing.T, m fixture.HostSide)
 }{
 	{"rpcclient/enumdomusers", rpcclientTCP("enumdomusers")},
 	{"rpcclient/lsaquery", rpcclientTCP("lsaquery")},
@@ -67,9 +67,11 @@ func TestNetns(t *testing.T) {
 	if strings.Contains(r.stdout, "no tests to run") || strings.Contains(r.stdout, "--- SKIP") {
 		t.Fatalf("inner run did not run the cases")
 	}
-	for _, c := range netnsCases {
-		if !strings.Contains(r.stdout, "--- PASS: TestNetns/"+c.name+" ") {
-			t.Errorf("inner case %s did not pass", c.name)
+	for _, m := range fixture.HostSides {
+		for _, c := range netnsCases {
+			if !strings.Contains(r.stdout, "--- PASS: TestNetns/"+m.Name+"/"+c.name+" ") {
+				t.Errorf("inner case %s/%s did not pass", m.Name, c.name)
+			}
 		}
 	}
 }
@@ -119,16 +121,20 @@ func netnsInner(t *testing.T) {
 	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("ip link set lo up: %v: %s", err, out)
 	}
-	for _, c := range netnsCases {
-		t.Run(c.name, c.run)
+	for _, m := range fixture.HostSides {
+		t.Run(m.Name, func(t *testing.T) {
+			for _, c := range netnsCases {
+				t.Run(c.name, func(t *testing.T) { c.run(t, m) })
+			}
+		})
 	}
 }
 
-// startNetnsEnv starts a fixture host and a proxy that also listens on
-// 127.0.0.1 at each of ports.
-func startNetnsEnv(t *testing.T, ports ...int) *fixture.Env {
+// startNetnsEnv starts a fixture host and a proxy in host-side mode m that
+// also listens on 127.0.0.1 at each of ports.
+func startNetnsEnv(t *testing.T, m fixture.HostSide, ports ...int) *fixture.Env {
 	t.Helper()
-	env := startEnv(t)
+	env := startEnv(t, m)
 	for _, port := range ports {
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
@@ -146,9 +152,9 @@ var rpcclientFound = []string{"user:[", "group:[", "Domain Name:", "Domain Sid:"
 // rpcclientTCP runs rpcclient -c cmd as a NULL session at the proxy's KMS
 // port over ncacn_ip_tcp. rpcclient first asks the endpoint mapper on
 // port 135 (the proxy) where the pipe lives; that EPM bind is refused.
-func rpcclientTCP(cmd string) func(t *testing.T) {
-	return func(t *testing.T) {
-		env := startNetnsEnv(t, netnsPorts...)
+func rpcclientTCP(cmd string) func(t *testing.T, m fixture.HostSide) {
+	return func(t *testing.T, m fixture.HostSide) {
+		env := startNetnsEnv(t, m, netnsPorts...)
 		r := rpcclient(t, "-U", "", "-N", "ncacn_ip_tcp:127.0.0.1[1688]", "-c", cmd)
 		assertRPCClientFailed(t, r)
 		if !strings.Contains(r.stderr, "Could not initialise") {
@@ -164,8 +170,8 @@ func rpcclientTCP(cmd string) func(t *testing.T) {
 
 // rpcclientSMB runs rpcclient's default transport (SMB on 445, the proxy):
 // not DCE/RPC at all, so the proxy closes it as a protocol violation.
-func rpcclientSMB(t *testing.T) {
-	env := startNetnsEnv(t, netnsPorts...)
+func rpcclientSMB(t *testing.T, m fixture.HostSide) {
+	env := startNetnsEnv(t, m, netnsPorts...)
 	r := rpcclient(t, "-U", "", "-N", "127.0.0.1", "-c", "enumdomusers")
 	assertRPCClientFailed(t, r)
 	env.WaitEvent("protocol-violation", map[string]any{"destination.port": 445})
@@ -176,9 +182,9 @@ func rpcclientSMB(t *testing.T) {
 // stand-in endpoint mapper on 135 that sends it to the proxy on 1688, so
 // Samba's own bind to the pipe's interface meets the proxy: it must be
 // refused with nothing at the host.
-func rpcclientSteered(cmd, pipe, uuid string) func(t *testing.T) {
-	return func(t *testing.T) {
-		env := startNetnsEnv(t, 1688)
+func rpcclientSteered(cmd, pipe, uuid string) func(t *testing.T, m fixture.HostSide) {
+	return func(t *testing.T, m fixture.HostSide) {
+		env := startNetnsEnv(t, m, 1688)
 		epm := startSteeringEPM(t, "127.0.0.1:135", 1688)
 		r := rpcclient(t, "-U", "", "-N", "ncacn_ip_tcp:127.0.0.1[1688]", "-c", cmd)
 		assertRPCClientFailed(t, r)
@@ -231,8 +237,8 @@ func assertRPCClientFailed(t *testing.T, r result) {
 
 // rpcdump135 runs impacket's rpcdump.py at the endpoint mapper port (the
 // proxy): the EPM bind is refused and no endpoint is listed.
-func rpcdump135(t *testing.T) {
-	env := startNetnsEnv(t, netnsPorts...)
+func rpcdump135(t *testing.T, m fixture.HostSide) {
+	env := startNetnsEnv(t, m, netnsPorts...)
 	r := run(t, 20*time.Second, python, impacketDir+"/rpcdump.py", "-port", "135", "127.0.0.1")
 	if r.err != nil {
 		t.Fatalf("rpcdump.py failed: %s", r)
@@ -251,8 +257,8 @@ func rpcdump135(t *testing.T) {
 
 // samrdump445 runs impacket's samrdump.py as shipped (SMB on 445, the
 // proxy): the proxy refuses SMB as a protocol violation, nothing is listed.
-func samrdump445(t *testing.T) {
-	env := startNetnsEnv(t, netnsPorts...)
+func samrdump445(t *testing.T, m fixture.HostSide) {
+	env := startNetnsEnv(t, m, netnsPorts...)
 	r := run(t, 20*time.Second, python, impacketDir+"/samrdump.py", "-port", "445", "127.0.0.1")
 	if r.err != nil {
 		t.Fatalf("samrdump.py failed: %s", r)

@@ -64,7 +64,11 @@ func foundUUIDs(out string) []string {
 func TestRPCMapDefault(t *testing.T) {
 	requireImpacket(t)
 	t.Parallel()
-	env := startEnv(t)
+	inModes(t, testRPCMapDefault)
+}
+
+func testRPCMapDefault(t *testing.T, m fixture.HostSide) {
+	env := startEnv(t, m)
 	r := rpcmap(t, tcpBinding(t, env.Addr))
 	if r.err != nil {
 		t.Fatalf("rpcmap.py failed: %s", r)
@@ -100,7 +104,11 @@ func TestRPCMapDefault(t *testing.T) {
 func TestRPCMapNoAuth(t *testing.T) {
 	requireImpacket(t)
 	t.Parallel()
-	env := startEnv(t)
+	inModes(t, testRPCMapNoAuth)
+}
+
+func testRPCMapNoAuth(t *testing.T, m fixture.HostSide) {
+	env := startEnv(t, m)
 	r := rpcmap(t, "-auth-level", "1", tcpBinding(t, env.Addr))
 	if r.err != nil {
 		t.Fatalf("rpcmap.py failed: %s", r)
@@ -114,7 +122,7 @@ func TestRPCMapNoAuth(t *testing.T) {
 	env.WaitEvent("bind-refused", map[string]any{"dcerpc.interface.uuid": uuidMGMT, "event.reason": "interface-not-allowed"})
 	refusals(t, env, bruteForced(t, r)) // MGMT and every UUID but KMS
 	settle()
-	assertOnlyKMSBinds(t, env, 1)
+	assertOnlyKMSBinds(t, m, env, 1)
 }
 
 // TestRPCMapMGMTOpnums asks rpcmap.py to probe the MGMT interface alone and
@@ -123,7 +131,11 @@ func TestRPCMapNoAuth(t *testing.T) {
 func TestRPCMapMGMTOpnums(t *testing.T) {
 	requireImpacket(t)
 	t.Parallel()
-	env := startEnv(t)
+	inModes(t, testRPCMapMGMTOpnums)
+}
+
+func testRPCMapMGMTOpnums(t *testing.T, m fixture.HostSide) {
+	env := startEnv(t, m)
 	r := rpcmap(t, "-auth-level", "1", "-uuid", strings.ToUpper(uuidMGMT), "-brute-opnums", "-opnum-max", "4", tcpBinding(t, env.Addr))
 	if r.err != nil {
 		t.Fatalf("rpcmap.py failed: %s", r)
@@ -150,7 +162,11 @@ func TestRPCMapMGMTOpnums(t *testing.T) {
 func TestRPCMapKMSOpnums(t *testing.T) {
 	requireImpacket(t)
 	t.Parallel()
-	env := startEnv(t)
+	inModes(t, testRPCMapKMSOpnums)
+}
+
+func testRPCMapKMSOpnums(t *testing.T, m fixture.HostSide) {
+	env := startEnv(t, m)
 	const opnumMax = 8
 	r := rpcmap(t, "-auth-level", "1", "-uuid", strings.ToUpper(uuidKMS), "-brute-opnums", "-opnum-max", "8", tcpBinding(t, env.Addr))
 	if r.err != nil {
@@ -171,7 +187,7 @@ func TestRPCMapKMSOpnums(t *testing.T) {
 	}
 	settle()
 	// One bind when the UUID brute force finds KMS, then one per opnum.
-	assertOnlyKMSBinds(t, env, opnumMax+2)
+	assertOnlyKMSBinds(t, m, env, opnumMax+2)
 }
 
 // TestSAMRDumpOverTCP runs Debian's samrdump.py unmodified except for its
@@ -183,7 +199,11 @@ func TestRPCMapKMSOpnums(t *testing.T) {
 func TestSAMRDumpOverTCP(t *testing.T) {
 	requireImpacket(t)
 	t.Parallel()
-	env := startEnv(t)
+	inModes(t, testSAMRDumpOverTCP)
+}
+
+func testSAMRDumpOverTCP(t *testing.T, m fixture.HostSide) {
+	env := startEnv(t, m)
 	host, port := splitAddr(t, env.Addr)
 	wrapper, err := filepath.Abs(filepath.Join("testdata", "samrdump_tcp.py"))
 	if err != nil {
@@ -220,9 +240,21 @@ func assertSAMRDumpFoundNothing(t *testing.T, r result) {
 }
 
 // assertOnlyKMSBinds checks that the host received exactly n PDUs, each a
-// bind to the KMS interface (never a request), on n connections.
-func assertOnlyKMSBinds(t *testing.T, env *fixture.Env, n int) {
+// bind to the KMS interface (never a request), on n connections: the
+// clients' own binds, relayed. Behind the gateway the clients' binds end
+// at the proxy, and the host receives only the pool's bind and
+// alter_context, on one connection.
+func assertOnlyKMSBinds(t *testing.T, m fixture.HostSide, env *fixture.Env, n int) {
 	t.Helper()
+	if m.Gateway {
+		if err := env.Host.PoolNegotiationOnly(1); err != nil {
+			t.Errorf("%v\n%s", err, env.Log.String())
+		}
+		if len(env.Host.Received()) == 0 {
+			t.Errorf("the host received nothing: the gateway never bound its own association\n%s", env.Log.String())
+		}
+		return
+	}
 	got := env.Host.Received()
 	if len(got) != n || env.Host.Connections() != n {
 		t.Errorf("host got %d PDUs on %d connections; want %d KMS binds on %d\n%s", len(got), env.Host.Connections(), n, n, env.Log.String())
