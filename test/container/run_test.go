@@ -68,21 +68,32 @@ func runChild(t *testing.T, sp *spec) {
 
 // runImage is the child: it runs the image's entrypoint, command, env and
 // user on its default ports with only the upstream overridden, and drives
-// clients through it.
+// clients through it, once per host-side mode: as shipped (the image's
+// config leaves upstream_pool at its default, the terminating gateway),
+// and in relay mode with upstream_pool.enabled turned off from the
+// environment, as an operator would.
 func runImage(t *testing.T, sp *spec) {
 	ip(t, "link", "set", "lo", "up")
 	ip(t, "addr", "add", clientIP+"/32", "dev", "lo")
+	for _, m := range fixture.HostSides {
+		t.Run(m.Name, func(t *testing.T) { runImageIn(t, sp, m) })
+	}
+}
 
-	host := fixture.StartHost(t, fixture.Replay)
+func runImageIn(t *testing.T, sp *spec, m fixture.HostSide) {
+	host := fixture.StartHost(t, fixture.Replay, m.HostOptions()...)
 	host.UseCapture("win10-v6")
 	override := []string{"KMSPROXY_UPSTREAMS=" + host.Addr()}
+	if !m.Gateway {
+		override = append(override, "KMSPROXY_UPSTREAM_POOL_ENABLED=false")
+	}
 
 	var l launcher
 	switch sp.Runner {
 	case "chroot":
 		l = newChrootLauncher(t, sp)
 	case "podman":
-		l = &podmanLauncher{t: t, sp: sp, name: "kmsproxy-container-test"}
+		l = &podmanLauncher{t: t, sp: sp, name: "kmsproxy-container-test-" + m.Name}
 	default:
 		t.Fatalf("%s=%q: want chroot or podman", runnerEnv, sp.Runner)
 	}
@@ -107,7 +118,10 @@ func runImage(t *testing.T, sp *spec) {
 	}
 
 	// A Windows 10 KMS V6 activation from the DMZ: bind, alter_context,
-	// request, each answered, each byte reaching the host unchanged.
+	// request, each answered. Relayed, each byte reaches the host
+	// unchanged; behind the gateway the host gets the pool's own bind and
+	// alter_context and one request of the pool's carrying the client's
+	// stub, and the client the proxy's bind answers and the host's reply.
 	capture, err := fixture.LoadCapture("win10-v6")
 	if err != nil {
 		t.Fatal(err)
@@ -116,21 +130,29 @@ func runImage(t *testing.T, sp *spec) {
 	for i, pdu := range capture.C2S {
 		c.Send(pdu)
 		got := c.MustRecv()
-		if !bytes.Equal(got, capture.S2C[i]) {
+		if !m.SameAnswer(got, capture.S2C[i]) {
 			t.Fatalf("activation PDU %d: got %d bytes ptype %d, want the host's %d-byte reply", i, len(got), got[2], len(capture.S2C[i]))
 		}
 	}
 	c.Conn.Close()
 	got := host.Received()
-	if len(got) != len(capture.C2S) {
-		t.Fatalf("host received %d PDUs, want %d", len(got), len(capture.C2S))
-	}
-	for i, r := range got {
-		if !bytes.Equal(r.Bytes, capture.C2S[i]) {
-			t.Fatalf("host PDU %d differs from what the client sent", i)
+	if m.Gateway {
+		checkGatewayHost(t, host, capture)
+	} else {
+		if len(got) != len(capture.C2S) {
+			t.Fatalf("host received %d PDUs, want %d", len(got), len(capture.C2S))
+		}
+		for i, r := range got {
+			if !bytes.Equal(r.Bytes, capture.C2S[i]) {
+				t.Fatalf("host PDU %d differs from what the client sent", i)
+			}
 		}
 	}
-	t.Logf("activation win10-v6 from %s: bind_ack, alter_context_resp, response; host received %d PDUs byte-for-byte", clientIP, len(got))
+	pooled := waitEvent(t, l, "connection-closed", clientIP)["kmsproxy.pooled"]
+	if pooled != m.Gateway {
+		t.Errorf("connection-closed says kmsproxy.pooled %v in %s mode", pooled, m.Name)
+	}
+	t.Logf("activation win10-v6 from %s (%s): bind_ack, alter_context_resp, response; host received %d PDUs", clientIP, m.Name, len(got))
 
 	// A SAMR bind from the same DMZ client: bind_nak, closed, nothing at the host.
 	conns, pdus := host.Connections(), len(host.Received())
@@ -176,6 +198,37 @@ func runImage(t *testing.T, sp *spec) {
 	}
 }
 
+// checkGatewayHost checks what the host received behind the gateway for
+// one activation of capture: on one connection, the pool's bind and
+// alter_context and one request, its own, whose stub is the client's.
+// (The proxy's readiness check dials the host too, and sends nothing.)
+func checkGatewayHost(t *testing.T, host *fixture.Host, capture fixture.Capture) {
+	t.Helper()
+	var want []byte
+	for _, b := range capture.C2S {
+		if p := fixture.Parse(t, b); p.Type == rpcparse.PTypeRequest {
+			want = p.Request.Stub
+		}
+	}
+	requests, conns := 0, map[int]bool{}
+	for i, r := range host.Received() {
+		conns[r.Conn] = true
+		switch p := fixture.Parse(t, r.Bytes); p.Type {
+		case rpcparse.PTypeBind, rpcparse.PTypeAlterContext:
+		case rpcparse.PTypeRequest:
+			requests++
+			if !bytes.Equal(p.Request.Stub, want) {
+				t.Fatalf("host request %d does not carry the client's stub", i)
+			}
+		default:
+			t.Fatalf("host PDU %d is a %v", i, p.Type)
+		}
+	}
+	if requests != 1 || len(conns) != 1 {
+		t.Fatalf("host received %d requests on %d connections, want 1 on the pool's one", requests, len(conns))
+	}
+}
+
 // samrBind is a one-context bind to SAMR over NDR 2.0.
 func samrBind() []byte {
 	it, ok := rpcparse.InterfaceByName("samr")
@@ -209,8 +262,9 @@ func waitHealthy(t *testing.T, l launcher) {
 	}
 }
 
-// waitEvent waits for an ECS event with this action and source.ip.
-func waitEvent(t *testing.T, l launcher, action, src string) {
+// waitEvent waits for an ECS event with this action and source.ip and
+// returns it (nil, the test failed, when none came).
+func waitEvent(t *testing.T, l launcher, action, src string) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -220,12 +274,12 @@ func waitEvent(t *testing.T, l launcher, action, src string) {
 			var ev map[string]any
 			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev["event.action"] == action && ev["source.ip"] == src {
 				t.Logf("event %s: zone %v rule %v reason %v", action, ev["kmsproxy.zone"], ev["rule.name"], ev["event.reason"])
-				return
+				return ev
 			}
 		}
 		if time.Now().After(deadline) {
 			t.Errorf("no %s event from %s on stdout", action, src)
-			return
+			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
