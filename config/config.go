@@ -206,10 +206,11 @@ const (
 	DefaultMaxClockSkew    = 4 * time.Hour
 	DefaultMaxTracked      = 65536 // client machine IDs remembered: bounds detector memory
 
-	// DefaultPoolEnabled is off until the gateway has run in both modes
-	// through every suite (issue 13 in progress): on, a KMS-only client
-	// association ends at the proxy.
-	DefaultPoolEnabled             = false
+	// DefaultPoolEnabled: a KMS-only, unauthenticated client association
+	// ends at the proxy and the host sees only the pool's associations
+	// (issue 13); enabled: false restores one relayed host association per
+	// client.
+	DefaultPoolEnabled             = true
 	DefaultPoolMaxAssociations     = 4
 	DefaultPoolMaxIdle             = 4
 	DefaultPoolIdleTimeout         = 20 * time.Second // below vlmcsd's 30 s

@@ -219,6 +219,9 @@ func TestDefaults(t *testing.T) {
 		{"management", cfg.Management, Management{Listen: "127.0.0.1:9464", ReadyInterval: 10 * time.Second}},
 		{"shadow", cfg.Shadow, Shadow{}},
 		{"kms_watch", cfg.KMSWatch, KMSWatch{DuplicateWindow: 24 * time.Hour, MaxClockSkew: 4 * time.Hour, MaxTracked: 65536}},
+		// The terminating gateway is on unless upstream_pool.enabled says false.
+		{"upstream_pool", cfg.UpstreamPool, UpstreamPool{Enabled: true, MaxAssociations: 4, MaxIdle: 4, IdleTimeout: 20 * time.Second,
+			MaxWaiters: 256, MaxWaitersPerSource: 64}},
 	} {
 		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s = %+v, want %+v", c.name, c.got, c.want)

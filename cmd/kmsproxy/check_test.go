@@ -25,9 +25,38 @@ func TestCheckExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("check failed: %v\n%s", err, out)
 	}
-	for _, want := range []string{"dmz-activation", "51c82175-844e-4750-b0d8-ec255555bc06", "(no match) → deny", "allowed summary", "OK"} {
+	for _, want := range []string{"dmz-activation", "51c82175-844e-4750-b0d8-ec255555bc06", "(no match) → deny", "allowed summary",
+		"host side:   terminating gateway: KMS-only unauthenticated clients end at the proxy; pooled associations, at most 4 per upstream (4 idle, aged out after 20s), 256 waiting calls (64 per source)",
+		"OK"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("effective policy lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// check prints the host-side mode: the terminating gateway when
+// upstream_pool is left out (the default), relay when it is off.
+func TestCheckHostSide(t *testing.T) {
+	const policy = `upstreams: ["kms01:1688"]
+zones: { dmz: ["192.0.2.0/24"] }
+rules:
+  - { name: a, from: [dmz], interface: kms, opnums: [0], auth: [none], action: allow }
+`
+	for _, tc := range []struct{ extra, want, not string }{
+		{"", "host side:   terminating gateway:", "host side:   relay"},
+		{"upstream_pool: { enabled: false }\n", "host side:   relay: one host association per client (upstream_pool.enabled false)", "terminating gateway"},
+		{"upstream_pool: { max_associations: 2, max_idle: 1 }\n", "pooled associations, at most 2 per upstream (1 idle, aged out after 20s)", "host side:   relay"},
+	} {
+		path := filepath.Join(t.TempDir(), "kms.yaml")
+		if err := os.WriteFile(path, []byte(policy+tc.extra), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := runCLI(t, "check", "--config", path)
+		if err != nil {
+			t.Fatalf("check %q: %v\n%s", tc.extra, err, out)
+		}
+		if !strings.Contains(out, tc.want) || strings.Contains(out, tc.not) {
+			t.Errorf("check %q: want %q, not %q:\n%s", tc.extra, tc.want, tc.not, out)
 		}
 	}
 }
