@@ -85,7 +85,9 @@ echo "== uncommitted changes under $dirs: $dirty file(s)"
 load=$OUT/bin/kmsload
 
 # kmsproxy_conf LOG_ALLOWED POOL: the config, with log.allowed when the
-# first is not empty and upstream_pool when the second is 1.
+# first is not empty, upstream_pool $POOL_CONF when the second is 1 and
+# upstream_pool { enabled: false } when it is "off" (the gateway is on by
+# default where the build has it).
 kmsproxy_conf() {
 	local allowed=""
 	if [ -n "$1" ]; then allowed=$'\n'"  allowed: $1"; fi
@@ -125,6 +127,7 @@ kms_watch:
   max_clock_skew: 720h       # the captured requests are dated 2026-11-22: no skew warning per activation
 EOF
 	if [ "$2" = 1 ]; then printf 'upstream_pool: %s\n' "$POOL_CONF"; fi
+	if [ "$2" = off ]; then printf 'upstream_pool: { enabled: false }\n'; fi
 }
 # Keys other work adds (log.allowed, upstream_pool) go in only if this
 # build's "kmsproxy check" takes them; each is tried on its own.
@@ -139,6 +142,9 @@ pool=0 pool_mode="off (POOL=$POOL)"
 if [ "$POOL" = 1 ]; then
 	if conf_ok "" 1; then pool=1 pool_mode="on: upstream_pool: $POOL_CONF"
 	else pool_mode="off: this build's check rejects upstream_pool: $POOL_CONF (see $OUT/check-upstream-pool.txt)"; cp "$OUT/check.txt" "$OUT/check-upstream-pool.txt"; fi
+elif conf_ok "" off; then
+	# Relay explicitly: left out, a build with the gateway turns it on.
+	pool=off pool_mode="off: upstream_pool: { enabled: false } (POOL=$POOL)"
 fi
 conf_ok "$log_allowed" "$pool" || { cat "$OUT/check.txt" >&2; echo "compare.sh: log.allowed and upstream_pool together fail check" >&2; exit 1; }
 # With the pool, bound idle clients need no host connection each: hold
