@@ -75,12 +75,15 @@ func TestDenyOnlyPolicyRefusesAtAccept(t *testing.T) {
 
 // Reloading a deny-only policy during an incident takes effect: the next
 // connection is refused at accept, a connection bound under the old policy
-// has its next request refused, and the warning is logged.
-func TestReloadToDenyOnly(t *testing.T) {
-	e := startEnv(t, fixture.Replay, baseConfig)
+// has its next request refused, and the warning is logged. In both
+// host-side modes.
+func TestReloadToDenyOnly(t *testing.T) { inModes(t, baseConfig, testReloadToDenyOnly) }
+
+func testReloadToDenyOnly(t *testing.T, m fixture.HostSide, cfg string) {
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 	win := mustCapture(t, "win10-v6")
 	e.Host.UseCapture(win.Name)
-	if !activate(t, e.Addr, srcDMZ, win) {
+	if !activate(t, m, e.Addr, srcDMZ, win) {
 		t.Fatalf("activation under the allow policy failed:\n%s", e.Log.String())
 	}
 	if n := len(e.Events("policy-allows-nothing")); n != 0 {
@@ -91,14 +94,14 @@ func TestReloadToDenyOnly(t *testing.T) {
 	kept := e.Dial(srcDMZ)
 	for i := range 2 {
 		kept.Send(win.C2S[i])
-		if got := kept.MustRecv(); !bytes.Equal(got, win.S2C[i]) {
+		if got := kept.MustRecv(); !m.SameAnswer(got, win.S2C[i]) {
 			t.Fatalf("reply %d before the reload differs", i)
 		}
 	}
 	settle()
 	received, conns := len(e.Host.Received()), e.Host.Connections()
 
-	if err := e.Reload(denyOnlyConfig); err != nil {
+	if err := e.Reload(m.Apply(denyOnlyConfig)); err != nil {
 		t.Fatalf("a deny-only reload was refused: %v", err)
 	}
 	e.WaitEvent("config-reloaded", nil)

@@ -24,7 +24,9 @@ const (
 // answers byte for byte, scripted hosts misbehaving on the relayed
 // association, upstream dials. Tests whose point is that nothing
 // disallowed reaches the host run in both modes (inModes: the threat and
-// holes tables, the mutation test, big-endian clients);
+// holes tables, the mutation test, big-endian clients, the KMS checks,
+// zones, reloads, rate and flood limits, parked sessions, the process's
+// reload, drain and shutdown), their host assertions per mode;
 // gateway_test.go and gateway_failure_test.go run the gateway.
 const baseConfig = `
 listen: "127.0.0.1:1688" # tests bind their own listener

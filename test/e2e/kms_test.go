@@ -33,23 +33,37 @@ func init() {
 on_deny: reject`, 1)
 }
 
-// bindAndAlter runs the captured handshake and returns the client.
-func bindAndAlter(t *testing.T, e *env, src string, c fixture.Capture) *fixture.Client {
+// bindAndAlter runs the captured handshake and returns the client; the
+// answers are the host's in mode m (fixture.HostSide.SameAnswer).
+func bindAndAlter(t *testing.T, m fixture.HostSide, e *env, src string, c fixture.Capture) *fixture.Client {
 	t.Helper()
 	cl := e.Dial(src)
 	for i := 0; i < 2; i++ {
 		cl.Send(c.C2S[i])
-		if got := cl.MustRecv(); !bytes.Equal(got, c.S2C[i]) {
+		if got := cl.MustRecv(); !m.SameAnswer(got, c.S2C[i]) {
 			t.Fatalf("handshake reply %d differs", i)
 		}
 	}
 	return cl
 }
 
+// hostRequests counts the requests the host received.
+func hostRequests(h *fixture.Host) int {
+	n := 0
+	for _, r := range h.Received() {
+		if len(r.Bytes) > 2 && rpcparse.PType(r.Bytes[2]) == rpcparse.PTypeRequest {
+			n++
+		}
+	}
+	return n
+}
+
 // expectRefusedCall sends a request and asserts a fault, a close, and that
-// the host received only the handshake of this connection.
-func expectRefusedCall(t *testing.T, e *env, cl *fixture.Client, conn int, req []byte) *rpcparse.PDU {
+// the host received only the handshake of this connection (relay; conn is
+// its host connection), or no request more than before (gateway).
+func expectRefusedCall(t *testing.T, m fixture.HostSide, e *env, cl *fixture.Client, conn int, req []byte) *rpcparse.PDU {
 	t.Helper()
+	before := hostRequests(e.Host)
 	cl.Send(req)
 	p := fixture.Parse(t, cl.MustRecv())
 	if p.Type != rpcparse.PTypeFault {
@@ -57,20 +71,30 @@ func expectRefusedCall(t *testing.T, e *env, cl *fixture.Client, conn int, req [
 	}
 	cl.ExpectClosed(5 * time.Second)
 	settle()
-	if n := len(e.Host.ReceivedOn(conn)); n != 2 {
+	if m.Gateway {
+		if n := hostRequests(e.Host); n != before {
+			t.Fatalf("the host received %d requests for a refused call", n-before)
+		}
+	} else if n := len(e.Host.ReceivedOn(conn)); n != 2 {
 		t.Fatalf("host got %d PDUs on connection %d, want 2 (bind, alter_context)", n, conn)
 	}
 	return p
 }
 
-func TestKMSApplicationPolicy(t *testing.T) {
-	e := startEnv(t, fixture.Replay, kmsConfig)
+// The KMS checks (application policy, MAC, malformed requests, duplicate
+// machine IDs) run on the client's association, before the call goes
+// anywhere: the tests below run in both host-side modes.
+
+func TestKMSApplicationPolicy(t *testing.T) { inModes(t, kmsConfig, testKMSApplicationPolicy) }
+
+func testKMSApplicationPolicy(t *testing.T, m fixture.HostSide, cfg string) {
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 	office := mustCapture(t, "office2016-v6")
 	win := mustCapture(t, "win10-v6")
 
 	e.Host.UseCapture(office.Name)
-	cl := bindAndAlter(t, e, "127.0.0.4", office)
-	p := expectRefusedCall(t, e, cl, 0, office.C2S[2])
+	cl := bindAndAlter(t, m, e, "127.0.0.4", office)
+	p := expectRefusedCall(t, m, e, cl, 0, office.C2S[2])
 	if p.Fault.Status != rpcparse.StatusAccessDenied {
 		t.Fatalf("fault status %#x, want access denied", p.Fault.Status)
 	}
@@ -81,9 +105,9 @@ func TestKMSApplicationPolicy(t *testing.T) {
 
 	// The same zone activates Windows.
 	e.Host.UseCapture(win.Name)
-	cl = bindAndAlter(t, e, "127.0.0.4", win)
+	cl = bindAndAlter(t, m, e, "127.0.0.4", win)
 	cl.Send(win.C2S[2])
-	if got := cl.MustRecv(); !bytes.Equal(got, win.S2C[2]) {
+	if got := cl.MustRecv(); !m.SameAnswer(got, win.S2C[2]) {
 		t.Fatal("Windows activation from windows-only zone failed")
 	}
 	act := e.WaitEvent("kms-activation", map[string]any{"source.ip": "127.0.0.4"})
@@ -102,14 +126,16 @@ func TestKMSApplicationPolicy(t *testing.T) {
 }
 
 // A V4 request with one byte flipped fails its MAC and never reaches the host.
-func TestTamperedV4Refused(t *testing.T) {
-	e := startEnv(t, fixture.Replay, kmsConfig)
+func TestTamperedV4Refused(t *testing.T) { inModes(t, kmsConfig, testTamperedV4Refused) }
+
+func testTamperedV4Refused(t *testing.T, m fixture.HostSide, cfg string) {
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 	v4 := mustCapture(t, "win10-v4")
 	e.Host.UseCapture(v4.Name)
 	req := bytes.Clone(v4.C2S[2])
 	req[len(req)-60] ^= 0x01 // inside the workstation name, covered by the MAC
-	cl := bindAndAlter(t, e, srcDMZ, v4)
-	expectRefusedCall(t, e, cl, 0, req)
+	cl := bindAndAlter(t, m, e, srcDMZ, v4)
+	expectRefusedCall(t, m, e, cl, 0, req)
 	e.WaitEvent("request-refused", map[string]any{"event.reason": "kms-malformed", "kms.error": "kms-bad-mac"})
 }
 
@@ -123,31 +149,37 @@ func TestNoKMSBlockStillRejectsMalformed(t *testing.T) {
 	if noBlock == baseConfig {
 		t.Fatal("config edit did not apply")
 	}
-	e := startEnv(t, fixture.Replay, noBlock)
+	inModes(t, noBlock, testNoKMSBlock)
+}
+
+func testNoKMSBlock(t *testing.T, m fixture.HostSide, cfg string) {
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 	v4 := mustCapture(t, "win10-v4")
 	e.Host.UseCapture(v4.Name)
 	req := bytes.Clone(v4.C2S[2])
 	req[len(req)-60] ^= 0x01
-	cl := bindAndAlter(t, e, srcDMZ, v4)
-	expectRefusedCall(t, e, cl, 0, req)
+	cl := bindAndAlter(t, m, e, srcDMZ, v4)
+	expectRefusedCall(t, m, e, cl, 0, req)
 	e.WaitEvent("request-refused", map[string]any{"event.reason": "kms-malformed", "kms.error": "kms-bad-mac", "rule.name": "dmz-activation"})
 
-	cl = bindAndAlter(t, e, srcDMZ, v4)
+	cl = bindAndAlter(t, m, e, srcDMZ, v4)
 	cl.Send(v4.C2S[2])
-	if got := cl.MustRecv(); !bytes.Equal(got, v4.S2C[2]) {
+	if got := cl.MustRecv(); !m.SameAnswer(got, v4.S2C[2]) {
 		t.Fatal("genuine V4 activation under a rule without a kms block failed")
 	}
 }
 
 // The same client machine ID from two sources raises kms-duplicate-cmid.
-func TestDuplicateCMID(t *testing.T) {
-	e := startEnv(t, fixture.Replay, kmsConfig)
+func TestDuplicateCMID(t *testing.T) { inModes(t, kmsConfig, testDuplicateCMID) }
+
+func testDuplicateCMID(t *testing.T, m fixture.HostSide, cfg string) {
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 	office := mustCapture(t, "office2016-v6")
 	e.Host.UseCapture(office.Name)
 	for _, src := range []string{srcDMZ, srcOffice} {
-		cl := bindAndAlter(t, e, src, office)
+		cl := bindAndAlter(t, m, e, src, office)
 		cl.Send(office.C2S[2])
-		if got := cl.MustRecv(); !bytes.Equal(got, office.S2C[2]) {
+		if got := cl.MustRecv(); !m.SameAnswer(got, office.S2C[2]) {
 			t.Fatalf("activation from %s failed", src)
 		}
 		cl.Conn.Close()
@@ -161,7 +193,10 @@ func TestDuplicateCMID(t *testing.T) {
 	}
 }
 
-// Client clocks: a request stamped now passes quietly, one 6 h off is flagged.
+// Client clocks: a request stamped now passes quietly, one 6 h off is
+// flagged. In relay mode: the plain Replay host's refusal for a generated
+// request is what the test reads (behind the gateway the host answers
+// by content).
 func TestClockSkew(t *testing.T) {
 	e := startEnv(t, fixture.Replay, kmsConfig)
 	for _, tc := range []struct {

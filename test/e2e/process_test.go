@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"net"
 	"os"
@@ -97,27 +96,30 @@ func (p *proc) waitEvent(t *testing.T, action, message string) map[string]any {
 }
 
 // SIGHUP and file changes reload; a bad file keeps the policy; SIGTERM
-// stops accepting and lets an open activation finish.
-func TestProcessReloadAndDrain(t *testing.T) {
-	host := fixture.StartHost(t, fixture.Replay)
+// stops accepting and lets an open activation finish. In both host-side
+// modes.
+func TestProcessReloadAndDrain(t *testing.T) { inModes(t, baseConfig, testProcessReloadAndDrain) }
+
+func testProcessReloadAndDrain(t *testing.T, m fixture.HostSide, cfgText string) {
+	host := fixture.StartHost(t, fixture.Replay, m.HostOptions()...)
 	win := mustCapture(t, "win10-v6")
 	host.UseCapture(win.Name)
-	p := startProcess(t, host, baseConfig)
+	p := startProcess(t, host, cfgText)
 
-	if !activate(t, p.addr, srcDMZ, win) {
+	if !activate(t, m, p.addr, srcDMZ, win) {
 		t.Fatalf("activation failed:\n%s", p.out.String())
 	}
 
 	// A broken file (written in place: the watcher sees it) keeps the policy.
 	os.WriteFile(p.path, []byte("rules: [\n"), 0o600)
 	p.waitEvent(t, "config-reload-failed", "")
-	if !activate(t, p.addr, srcDMZ, win) {
+	if !activate(t, m, p.addr, srcDMZ, win) {
 		t.Fatal("a failed reload changed the running policy")
 	}
 
 	// A good file without the dmz rule, applied with SIGHUP.
 	cfg := strings.NewReplacer("UPSTREAM", host.Addr(), `listen: "127.0.0.1:1688" # tests bind their own listener`, `listen: "`+p.addr+`"`,
-		"from: [dmz]", "from: [office-only]").Replace(baseConfig)
+		"from: [dmz]", "from: [office-only]").Replace(cfgText)
 	os.WriteFile(p.path, []byte(cfg), 0o600)
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	p.waitEvent(t, "config-reloaded", "")
@@ -149,7 +151,7 @@ func TestProcessReloadAndDrain(t *testing.T) {
 		t.Fatal("still accepting connections after SIGTERM")
 	}
 	c.Send(office.C2S[1])
-	if got := c.MustRecv(); !bytes.Equal(got, office.S2C[1]) {
+	if got := c.MustRecv(); !m.SameAnswer(got, office.S2C[1]) {
 		t.Fatal("open connection was not allowed to finish during the drain")
 	}
 	c.Send(office.C2S[2])

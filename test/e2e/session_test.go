@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -51,9 +50,11 @@ func TestStoreAndForward(t *testing.T) {
 }
 
 // Different zones get different outcomes; a source in no zone is closed at
-// accept and the host is never dialled.
-func TestZones(t *testing.T) {
-	e := startEnv(t, fixture.Replay, baseConfig)
+// accept and the host is never dialled. In both host-side modes.
+func TestZones(t *testing.T) { inModes(t, baseConfig, testZones) }
+
+func testZones(t *testing.T, m fixture.HostSide, cfg string) {
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 	e.Host.UseCapture("win10-v6")
 	win := mustCapture(t, "win10-v6")
 
@@ -61,7 +62,7 @@ func TestZones(t *testing.T) {
 	cl := e.Dial(srcDMZ)
 	for i, pdu := range win.C2S {
 		cl.Send(pdu)
-		if got := cl.MustRecv(); !bytes.Equal(got, win.S2C[i]) {
+		if got := cl.MustRecv(); !m.SameAnswer(got, win.S2C[i]) {
 			t.Fatalf("dmz: reply %d differs", i)
 		}
 	}
@@ -80,7 +81,11 @@ func TestZones(t *testing.T) {
 	}
 	cl.ExpectClosed(5 * time.Second)
 	settle()
-	if got := e.Host.ReceivedOn(1); len(got) != 2 {
+	if m.Gateway {
+		if n := hostRequests(e.Host); n != 1 {
+			t.Fatalf("host got %d requests, want the dmz activation's only", n)
+		}
+	} else if got := e.Host.ReceivedOn(1); len(got) != 2 {
 		t.Fatalf("host got %d PDUs from the office-only connection, want 2 (bind, alter_context)", len(got))
 	}
 	e.WaitEvent("request-refused", map[string]any{"source.ip": srcOffice, "kmsproxy.zone": "office-only", "event.reason": "kms-application-not-allowed"})
@@ -210,9 +215,13 @@ func TestMisbehavingHost(t *testing.T) {
 }
 
 // A reload that removes the allow rule refuses the next request of an open
-// connection; an invalid reload keeps the running policy.
-func TestReload(t *testing.T) {
-	e := startEnv(t, fixture.Replay, baseConfig)
+// connection; an invalid reload keeps the running policy. In both
+// host-side modes: behind the gateway the terminated association is held
+// to the reloaded policy too.
+func TestReload(t *testing.T) { inModes(t, baseConfig, testReload) }
+
+func testReload(t *testing.T, m fixture.HostSide, cfg string) {
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 	e.Host.UseCapture("win10-v6")
 	win := mustCapture(t, "win10-v6")
 	cl := e.Dial(srcDMZ)
@@ -228,11 +237,11 @@ func TestReload(t *testing.T) {
 
 	// Still the old policy: the activation goes through.
 	cl.Send(win.C2S[2])
-	if got := cl.MustRecv(); !bytes.Equal(got, win.S2C[2]) {
+	if got := cl.MustRecv(); !m.SameAnswer(got, win.S2C[2]) {
 		t.Fatal("activation failed after a rejected reload")
 	}
 
-	noDMZ := strings.Replace(baseConfig, "from: [dmz]", "from: [office-only]", 1)
+	noDMZ := strings.Replace(cfg, "from: [dmz]", "from: [office-only]", 1)
 	if err := e.Reload(noDMZ); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
@@ -244,7 +253,11 @@ func TestReload(t *testing.T) {
 	}
 	cl.ExpectClosed(5 * time.Second)
 	settle()
-	if n := len(e.Host.ReceivedOn(0)); n != 3 {
+	if m.Gateway {
+		if n := hostRequests(e.Host); n != 1 {
+			t.Fatalf("host got %d requests, want 1 (nothing after the reload)", n)
+		}
+	} else if n := len(e.Host.ReceivedOn(0)); n != 3 {
 		t.Fatalf("host got %d PDUs, want 3 (nothing after the reload)", n)
 	}
 }

@@ -24,13 +24,14 @@ func shutdownConfig(grace string) string {
 }
 
 // bindHeld dials from src and completes the capture's bind and
-// alter_context: a bound client, then idle.
-func bindHeld(t *testing.T, src, addr string, win fixture.Capture) *fixture.Client {
+// alter_context (answered as the host does in mode m): a bound client,
+// then idle.
+func bindHeld(t *testing.T, m fixture.HostSide, src, addr string, win fixture.Capture) *fixture.Client {
 	t.Helper()
 	c := fixture.Dial(t, src, addr)
 	for i := 0; i < 2; i++ {
 		c.Send(win.C2S[i])
-		if got := c.MustRecv(); !bytes.Equal(got, win.S2C[i]) {
+		if got := c.MustRecv(); !m.SameAnswer(got, win.S2C[i]) {
 			t.Fatalf("handshake PDU %d: got %x, want %x", i, got, win.S2C[i])
 		}
 	}
@@ -138,16 +139,23 @@ func waitExit(p *proc) chan error {
 // timeout is 30 s, then the proxy closes them (reason "shutdown") and the
 // process exits 0. One client is parked (quiet past the park delay), the
 // other is mid-PDU (its session goroutine is blocked reading): both ways
-// of holding a session are ended by the grace.
+// of holding a session are ended by the grace. In both host-side modes:
+// behind the gateway the pool serves the drain too.
 func TestProcessShutdownGrace(t *testing.T) {
+	for _, m := range fixture.HostSides {
+		t.Run(m.Name, func(t *testing.T) { testProcessShutdownGrace(t, m) })
+	}
+}
+
+func testProcessShutdownGrace(t *testing.T, m fixture.HostSide) {
 	t.Run("SIGINT-grace-closes-idle-bound-clients", func(t *testing.T) {
-		host := fixture.StartHost(t, fixture.Replay)
+		host := fixture.StartHost(t, fixture.Replay, m.HostOptions()...)
 		win := mustCapture(t, "win10-v6")
 		host.UseCapture(win.Name)
-		p := startProcess(t, host, shutdownConfig("1s"))
+		p := startProcess(t, host, m.Apply(shutdownConfig("1s")))
 
-		parked := bindHeld(t, srcDMZ, p.addr, win)
-		partial := bindHeld(t, "127.0.0.5", p.addr, win)
+		parked := bindHeld(t, m, srcDMZ, p.addr, win)
+		partial := bindHeld(t, m, "127.0.0.5", p.addr, win)
 		partial.Send(win.C2S[2][:10])      // the request's first 10 bytes, no more
 		time.Sleep(500 * time.Millisecond) // well past the 20 ms park delay
 		watches := map[string]*closeWatch{
@@ -232,12 +240,12 @@ func TestProcessShutdownGrace(t *testing.T) {
 	// activation to do: it completes byte-identical, and once the client
 	// hangs up the process exits without waiting out the grace.
 	t.Run("SIGTERM-activation-finishes-exit-before-grace", func(t *testing.T) {
-		host := fixture.StartHost(t, fixture.Replay)
+		host := fixture.StartHost(t, fixture.Replay, m.HostOptions()...)
 		win := mustCapture(t, "win10-v6")
 		host.UseCapture(win.Name)
-		p := startProcess(t, host, shutdownConfig("20s"))
+		p := startProcess(t, host, m.Apply(shutdownConfig("20s")))
 
-		c := bindHeld(t, srcDMZ, p.addr, win)
+		c := bindHeld(t, m, srcDMZ, p.addr, win)
 		time.Sleep(500 * time.Millisecond) // parked when the signal comes
 
 		sig := time.Now()
@@ -256,7 +264,7 @@ func TestProcessShutdownGrace(t *testing.T) {
 		}
 
 		c.Send(win.C2S[2])
-		if got := c.MustRecv(); !bytes.Equal(got, win.S2C[2]) {
+		if got := c.MustRecv(); !m.SameAnswer(got, win.S2C[2]) {
 			t.Fatalf("activation response during the drain differs from the host's:\n got %x\nwant %x", got, win.S2C[2])
 		}
 		c.Conn.Close()
@@ -276,14 +284,18 @@ func TestProcessShutdownGrace(t *testing.T) {
 		t.Logf("exit %v after the client hung up", time.Since(hungUp))
 
 		// The client's upstream connection (the management listener's
-		// upstream checks dial the host too) carried its PDUs unchanged.
+		// upstream checks dial the host too) carried its PDUs unchanged;
+		// behind the gateway the host got the activation's one request.
 		relayed := false
-		for i := 0; i < host.Connections() && !relayed; i++ {
+		for i := 0; i < host.Connections() && !relayed && !m.Gateway; i++ {
 			got := host.ReceivedOn(i)
 			relayed = len(got) == len(win.C2S)
 			for j := 0; relayed && j < len(got); j++ {
 				relayed = bytes.Equal(got[j], win.C2S[j])
 			}
+		}
+		if m.Gateway {
+			relayed = hostRequests(host) == 1
 		}
 		if !relayed {
 			t.Fatalf("no host connection received the client's %d PDUs unchanged: %d connections, %v", len(win.C2S), host.Connections(), host.Received())
