@@ -25,9 +25,10 @@ const (
 // association, upstream dials. Tests whose point is that nothing
 // disallowed reaches the host run in both modes (inModes: the threat and
 // holes tables, the mutation test, big-endian clients, the KMS checks,
-// zones, reloads, rate and flood limits, parked sessions, the process's
-// reload, drain and shutdown), their host assertions per mode;
-// gateway_test.go and gateway_failure_test.go run the gateway.
+// zones, reloads, rate and flood limits, store and forward, cancels,
+// parked sessions, the process's reload, drain and shutdown), their host
+// assertions per mode; gateway_test.go and gateway_failure_test.go run
+// the gateway.
 const baseConfig = `
 listen: "127.0.0.1:1688" # tests bind their own listener
 upstreams: ["UPSTREAM"]

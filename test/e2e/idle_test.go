@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -10,13 +11,17 @@ import (
 
 // A bound client that sends co_cancel (or orphaned) every 500 ms does no
 // work, so its association still ends at idle_timeout (2 s here) — through
-// the real binary, with nothing but the bind reaching the host.
-func TestCancelDoesNotHoldAssociation(t *testing.T) {
+// the real binary, with nothing but the bind reaching the host (behind the
+// gateway: the pool's own bind and alter_context). In both host-side
+// modes.
+func TestCancelDoesNotHoldAssociation(t *testing.T) { inModes(t, baseConfig, testCancelDoesNotHold) }
+
+func testCancelDoesNotHold(t *testing.T, m fixture.HostSide, cfg string) {
 	for _, typ := range []rpcparse.PType{rpcparse.PTypeCoCancel, rpcparse.PTypeOrphaned} {
 		t.Run(typ.String(), func(t *testing.T) {
 			t.Parallel()
-			host := fixture.StartHost(t, fixture.Replay)
-			p := startProcess(t, host, baseConfig)
+			host := fixture.StartHost(t, fixture.Replay, m.HostOptions()...)
+			p := startProcess(t, host, cfg)
 			cl := fixture.Dial(t, srcDMZ, p.addr)
 			cl.Send(kmsBind())
 			if pdu := fixture.Parse(t, cl.MustRecv()); pdu.Type != rpcparse.PTypeBindAck {
@@ -41,7 +46,12 @@ func TestCancelDoesNotHoldAssociation(t *testing.T) {
 			if ev["kmsproxy.close_reason"] != "idle-timeout" {
 				t.Fatalf("close reason %v, want idle-timeout", ev["kmsproxy.close_reason"])
 			}
-			if got := host.Received(); len(got) != 1 {
+			if m.Gateway {
+				// The binary's readiness check dials the host on its own.
+				if err := host.PoolNegotiationOnly(math.MaxInt); err != nil {
+					t.Fatal(err)
+				}
+			} else if got := host.Received(); len(got) != 1 {
 				t.Fatalf("host received %d PDUs, want only the bind", len(got))
 			}
 		})

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -22,9 +23,13 @@ func TestBigEndianKMSBindAllowed(t *testing.T) {
 	e.WaitEvent("bind-allowed", map[string]any{"dcerpc.interface.name": "kms", "rule.name": "dmz-activation"})
 }
 
-// A call is forwarded only after its last fragment passed (store and forward).
-func TestStoreAndForward(t *testing.T) {
-	e := startEnv(t, fixture.Replay, baseConfig)
+// A call is forwarded only after its last fragment passed (store and
+// forward). In both host-side modes: behind the gateway the pool sends the
+// reassembled stub as one request of its own.
+func TestStoreAndForward(t *testing.T) { inModes(t, baseConfig, testStoreAndForward) }
+
+func testStoreAndForward(t *testing.T, m fixture.HostSide, cfg string) {
+	e := startEnv(t, fixture.Replay, cfg, m.HostOptions()...)
 	req := mustCapture(t, "win10-v6").C2S[2]
 	var p rpcparse.PDU
 	if err := p.Parse(req, 0); err != nil {
@@ -36,7 +41,11 @@ func TestStoreAndForward(t *testing.T) {
 	cl.MustRecv()
 	cl.Send(requestPDU(2, first, 0, 0, stub[:100]))
 	settle()
-	if n := len(e.Host.Received()); n != 1 {
+	if m.Gateway {
+		if n := hostRequests(e.Host); n != 0 {
+			t.Fatalf("host saw %d requests before the last fragment", n)
+		}
+	} else if n := len(e.Host.Received()); n != 1 {
 		t.Fatalf("host saw %d PDUs before the last fragment, want 1 (the bind)", n)
 	}
 	cl.Send(requestPDU(2, last, 0, 0, stub[100:]))
@@ -44,8 +53,20 @@ func TestStoreAndForward(t *testing.T) {
 	if resp.Type != rpcparse.PTypeResponse {
 		t.Fatalf("got %v, want response", resp.Type)
 	}
-	if n := len(waitReceived(t, e.Host, 0, 3)); n != 3 {
-		t.Fatalf("host got %d PDUs", n)
+	if !m.Gateway {
+		if n := len(waitReceived(t, e.Host, 0, 3)); n != 3 {
+			t.Fatalf("host got %d PDUs", n)
+		}
+		return
+	}
+	var reqs [][]byte
+	for _, r := range e.Host.Received() {
+		if p := fixture.Parse(t, r.Bytes); p.Type == rpcparse.PTypeRequest {
+			reqs = append(reqs, p.Request.Stub)
+		}
+	}
+	if len(reqs) != 1 || !bytes.Equal(reqs[0], stub) {
+		t.Fatalf("host got %d requests; the whole stub in one: %v", len(reqs), len(reqs) == 1 && bytes.Equal(reqs[0], stub))
 	}
 }
 
