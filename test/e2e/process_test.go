@@ -48,9 +48,31 @@ type proc struct {
 	out  *fixture.LogBuffer
 	addr string
 	path string
+	// exited is closed once the process has exited; waitErr is then
+	// cmd.Wait's result (one goroutine waits, every test reads it here).
+	exited  chan struct{}
+	waitErr error
 }
 
 func startProcess(t *testing.T, host *fixture.Host, cfgText string) *proc {
+	t.Helper()
+	// The port is picked by listening on :0 and closing; between the close
+	// and the binary's own bind another test's socket may take it. That is
+	// the harness's race, not the proxy's: pick another port and start again.
+	for attempt := 0; ; attempt++ {
+		p, taken := startProcessOnce(t, host, cfgText)
+		if !taken {
+			return p
+		}
+		if attempt == 4 {
+			t.Fatalf("kmsproxy could not bind a free port in 5 tries:\n%s", p.out.String())
+		}
+	}
+}
+
+// startProcessOnce starts the binary on a port that was free a moment ago;
+// taken reports that the port was taken before the binary bound it.
+func startProcessOnce(t *testing.T, host *fixture.Host, cfgText string) (p *proc, taken bool) {
 	t.Helper()
 	bin := kmsproxyBinary(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -64,14 +86,34 @@ func startProcess(t *testing.T, host *fixture.Host, cfgText string) *proc {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: exec.Command(bin, "serve", "--config", path), out: &fixture.LogBuffer{}, addr: addr, path: path}
+	p = &proc{cmd: exec.Command(bin, "serve", "--config", path), out: &fixture.LogBuffer{}, addr: addr, path: path}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
-	p.waitEvent(t, "", "kmsproxy listening")
-	return p
+	exited := make(chan struct{})
+	p.exited = exited
+	go func() { p.waitErr = p.cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { p.cmd.Process.Kill(); <-exited })
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		out := p.out.String()
+		switch {
+		case strings.Contains(out, `"kmsproxy listening"`):
+			return p, false
+		case strings.Contains(out, "address already in use"):
+			p.cmd.Process.Kill()
+			<-exited
+			return p, true
+		}
+		select {
+		case <-exited:
+			t.Fatalf("kmsproxy exited before listening:\n%s", p.out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("kmsproxy did not listen within 10s:\n%s", p.out.String())
+	return nil, false
 }
 
 // waitEvent waits for an event with the action (or message) given.
@@ -160,8 +202,7 @@ func testProcessReloadAndDrain(t *testing.T, m fixture.HostSide, cfgText string)
 		t.Fatalf("got %v during drain, want the activation response", resp.Type)
 	}
 	c.Conn.Close()
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
+	done := waitExit(p)
 	select {
 	case <-done:
 	case <-time.After(15 * time.Second):

@@ -130,7 +130,7 @@ func closedEventFor(out string, conn net.Conn) map[string]any {
 
 func waitExit(p *proc) chan error {
 	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
+	go func() { <-p.exited; done <- p.waitErr }()
 	return done
 }
 
