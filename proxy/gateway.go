@@ -166,6 +166,7 @@ func (s *session) relayOwn(out []byte) bool {
 		return false
 	}
 	s.srv.metrics.AddBytesToClient(len(out))
+	s.hostBytes.Add(int64(len(out))) // destination.bytes: what the client got from the host side
 	return true
 }
 

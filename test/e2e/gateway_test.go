@@ -83,6 +83,9 @@ func TestGatewayCaptures(t *testing.T) {
 			}
 			cl.Conn.Close()
 			ev := e.WaitEvent("connection-closed", nil)
+			if b, _ := ev["destination.bytes"].(float64); b == 0 {
+				t.Fatalf("connection-closed counts no bytes from the host side: %v", ev)
+			}
 			if ev["kmsproxy.pooled"] != true {
 				t.Fatalf("connection-closed does not say the session was pooled: %v", ev)
 			}
