@@ -46,7 +46,6 @@ type session struct {
 	hostFr   *rpcparse.Framer
 	hostPoll *hostPoller
 	hostPDU  *rpcparse.PDU // made with the upstream connection
-	respStub []byte
 
 	closeOnce   sync.Once
 	closed      atomic.Bool
@@ -66,10 +65,9 @@ type session struct {
 
 	// a is the association's protocol state (DESIGN rules 3–7): every
 	// client and host PDU goes through it, and act carries out its step.
-	a         *assoc.Assoc
-	env       assoc.Env
-	rateOK    func() bool // s.rateAllow, made once
-	callStart time.Time   // when the outstanding call was forwarded
+	a      *assoc.Assoc
+	env    assoc.Env
+	rateOK func() bool // s.rateAllow, made once
 
 	// The terminating gateway (gateway.go): set at the first bind when the
 	// association ends at the proxy; its answers and stubs, reused.
@@ -346,7 +344,6 @@ func (s *session) act(rt *config.Runtime, p *rpcparse.PDU, st assoc.Step) bool {
 	if c := st.Call; c != nil && c.KMS != nil && c.KMS.DecodeErr == nil {
 		s.srv.watch.Observe(s.emit(), rt.Config.KMSWatch, s.src.Addr(), &c.KMS.Req, c.Rule.Rule)
 	}
-	s.callStart = time.Now()
 	if s.terminated {
 		return s.gatewayCall(rt, st)
 	}
