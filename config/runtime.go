@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/kmsproxy/kmsproxy/acl"
 )
@@ -15,12 +16,15 @@ type Runtime struct {
 	Config *Config
 	Policy *acl.Policy
 	Shadow *acl.Policy // candidate policy, never enforced; nil without one
+	// LoadedAt is when this generation was built (the status page's
+	// "config loaded").
+	LoadedAt time.Time
 }
 
 // NewRuntime builds a Runtime from a validated config, loading and
 // compiling the shadow policy file when one is configured.
 func NewRuntime(cfg *Config) (*Runtime, error) {
-	rt := &Runtime{Config: cfg, Policy: cfg.Policy}
+	rt := &Runtime{Config: cfg, Policy: cfg.Policy, LoadedAt: time.Now()}
 	if rt.Policy == nil {
 		return nil, fmt.Errorf("config: %q has no compiled policy", cfg.Path)
 	}

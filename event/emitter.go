@@ -1,6 +1,8 @@
 package event
 
 import (
+	"net/netip"
+
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -33,8 +35,10 @@ func (e *Event) Add(f ...zap.Field) { e.Fields = append(e.Fields, f...) }
 // so an event and its count never disagree. The zero Emitter is not
 // usable; a copy is as good as the original.
 type Emitter struct {
-	log *zap.Logger
-	m   *Metrics
+	log  *zap.Logger
+	m    *Metrics
+	src  netip.Addr // the connection's source, for the status page and per-zone series
+	zone string
 }
 
 // NewEmitter returns an emitter logging to log and counting in m.
@@ -43,7 +47,15 @@ func NewEmitter(log *zap.Logger, m *Metrics) Emitter { return Emitter{log: log, 
 // With returns an emitter whose events carry fields too (a connection's,
 // ConnFields).
 func (e Emitter) With(fields ...zap.Field) Emitter {
-	return Emitter{log: e.log.With(fields...), m: e.m}
+	return Emitter{log: e.log.With(fields...), m: e.m, src: e.src, zone: e.zone}
+}
+
+// From returns an emitter whose decisions are counted for source src in
+// zone ("" for none): kmsproxy_zone_refusals_total and the status page's
+// list need them, and the log fields alone are not read back.
+func (e Emitter) From(src netip.Addr, zone string) Emitter {
+	e.src, e.zone = src, zone
+	return e
 }
 
 // Logger is the emitter's logger.
@@ -58,6 +70,16 @@ func (e Emitter) Metrics() *Metrics { return e.m }
 func (e Emitter) Decision(level zapcore.Level, msg string, ev Event) {
 	e.log.Log(level, msg, ev.Fields...)
 	e.m.countDecision(ev.Action, ev.Reason)
+	if kind := notableKind(ev.Action); kind != "" {
+		n := Notable{Kind: kind, Action: ev.Action, Reason: ev.Reason, Zone: e.zone, Message: msg}
+		if e.src.IsValid() {
+			n.Source = e.src.String()
+		}
+		e.m.Recent.Note(n)
+		if kind == NotableRefusal {
+			e.m.ZoneRefusals.WithLabelValues(ZoneLabel(e.zone), ev.Action, ev.Reason).Inc()
+		}
+	}
 }
 
 // Count counts a decision in kmsproxy_decisions_total{action, reason}

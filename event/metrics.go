@@ -24,6 +24,26 @@ type Metrics struct {
 	ShadowDifferences   *prometheus.CounterVec // live, shadow
 	ConfigLastReload    prometheus.Gauge
 
+	// What admins alert on (issue 14): the KMS host's own view, per zone
+	// series, the build, each upstream's health and the inventory's sink.
+	KMSHostCurrentCount  *prometheus.GaugeVec   // kms_counted_id, name
+	KMSHostRequiredCount *prometheus.GaugeVec   // kms_counted_id, name
+	KMSHostErrors        *prometheus.CounterVec // hresult, name
+	ZoneActivations      *prometheus.CounterVec // zone, result
+	ZoneRefusals         *prometheus.CounterVec // zone, action, reason
+	KMSCallSeconds       prometheus.Histogram
+	BuildInfo            *prometheus.GaugeVec // version, revision, goversion
+	UpstreamUp           *prometheus.GaugeVec // upstream
+	UpstreamLastSuccess  *prometheus.GaugeVec // upstream
+	InventoryWritten     prometheus.Counter
+	InventoryDropped     prometheus.Counter
+	InventoryWriteErrors prometheus.Counter
+
+	// Recent is what the status page shows of the last hour.
+	Recent *Recent
+	// upstreams is each upstream's health for the status page.
+	upstreams upstreamHealth
+
 	// Children of the vectors above that every activation touches, looked
 	// up once instead of hashing label values per PDU.
 	bindAllowed                prometheus.Counter
@@ -69,6 +89,44 @@ func NewMetrics() *Metrics {
 		ConfigLastReload: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kmsproxy_config_last_reload_successful", Help: "1 if the last configuration load succeeded.",
 		}),
+		KMSHostCurrentCount: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kmsproxy_kms_host_current_count", Help: "The KMS host's current count per product group, from its last successful reply; clients need at least the group's required count.",
+		}, []string{"kms_counted_id", "name"}),
+		KMSHostRequiredCount: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kmsproxy_kms_host_required_count", Help: "The highest required client count (N policy) clients of a product group asked for: 25 client OS, 5 server OS and Office.",
+		}, []string{"kms_counted_id", "name"}),
+		KMSHostErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmsproxy_kms_host_errors_total", Help: "Activation replies in which the KMS host returned an error HRESULT.",
+		}, []string{"hresult", "name"}),
+		ZoneActivations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmsproxy_kms_zone_activations_total", Help: "KMS activation calls by source zone and result.",
+		}, []string{"zone", "result"}),
+		ZoneRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmsproxy_zone_refusals_total", Help: "Refusals, protocol violations and rate limits by source zone, action and reason.",
+		}, []string{"zone", "action", "reason"}),
+		KMSCallSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kmsproxy_kms_call_duration_seconds", Help: "Time from forwarding a KMS call to the host's answer.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kmsproxy_build_info", Help: "Always 1; the labels say which build runs.",
+		}, []string{"version", "revision", "goversion"}),
+		UpstreamUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kmsproxy_upstream_up", Help: "1 if the last connection or reachability check to the upstream succeeded.",
+		}, []string{"upstream"}),
+		UpstreamLastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kmsproxy_upstream_last_success_timestamp_seconds", Help: "Unix time of the last successful connection to the upstream.",
+		}, []string{"upstream"}),
+		InventoryWritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsproxy_inventory_written_total", Help: "Activations written to the inventory database.",
+		}),
+		InventoryDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsproxy_inventory_dropped_total", Help: "Activations the inventory dropped because its queue was full.",
+		}),
+		InventoryWriteErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmsproxy_inventory_write_errors_total", Help: "Activations lost because a write to the inventory database failed.",
+		}),
+		Recent: NewRecent(50),
 	}
 	m.bindAllowed = m.Decisions.WithLabelValues(ActionBindAllowed, acl.ReasonAllowed)
 	m.bytesToHost = m.Bytes.WithLabelValues("client_to_host")
@@ -78,7 +136,10 @@ func NewMetrics() *Metrics {
 	// leak of goroutines, heap or descriptors shows on the same dashboard.
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.MustRegister(m.Connections, m.ConnectionsActive, m.Decisions, m.KMSActivations, m.UpstreamDialSeconds,
-		m.UpstreamErrors, m.Bytes, m.ConfigReloads, m.LogEventsDropped, m.ShadowDifferences, m.ConfigLastReload)
+		m.UpstreamErrors, m.Bytes, m.ConfigReloads, m.LogEventsDropped, m.ShadowDifferences, m.ConfigLastReload,
+		m.KMSHostCurrentCount, m.KMSHostRequiredCount, m.KMSHostErrors, m.ZoneActivations, m.ZoneRefusals,
+		m.KMSCallSeconds, m.BuildInfo, m.UpstreamUp, m.UpstreamLastSuccess,
+		m.InventoryWritten, m.InventoryDropped, m.InventoryWriteErrors)
 	return m
 }
 
@@ -98,4 +159,24 @@ func (m *Metrics) countDecision(action, reason string) {
 		return
 	}
 	m.Decisions.WithLabelValues(action, reason).Inc()
+}
+
+// notableKind is the status page's kind of a decision's action, "" for
+// one it does not list (allowed binds, reloads that worked, shadow
+// decisions).
+func notableKind(action string) string {
+	switch action {
+	case ActionConnectionRefused, ActionBindRefused, ActionRequestRefused, ActionProtocolViolation, ActionRateLimited:
+		return NotableRefusal
+	case ActionKMSDuplicateCMID, ActionKMSClockSkew:
+		return NotableAlert
+	case ActionUpstreamUnavailable, ActionConfigReloadFailed, ActionPolicyAllowsNothing, ActionLogEventsDropped:
+		return NotableError
+	}
+	return ""
+}
+
+// SetBuildInfo sets kmsproxy_build_info.
+func (m *Metrics) SetBuildInfo(version, revision, goVersion string) {
+	m.BuildInfo.WithLabelValues(version, revision, goVersion).Set(1)
 }
