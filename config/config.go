@@ -41,6 +41,7 @@ type Config struct {
 	Shadow        Shadow              `mapstructure:"shadow"`
 	KMSWatch      KMSWatch            `mapstructure:"kms_watch"`
 	UpstreamPool  UpstreamPool        `mapstructure:"upstream_pool"`
+	Inventory     Inventory           `mapstructure:"inventory"`
 
 	// ZoneOrder lists zone names in file order (viper's maps lose it).
 	ZoneOrder []string `mapstructure:"-"`
@@ -171,6 +172,25 @@ type UpstreamPool struct {
 	MaxWaitersPerSource int `mapstructure:"max_waiters_per_source"`
 }
 
+// Inventory is the persistent activation inventory (package inventory):
+// one row per client machine ID and application. It is read at start; a
+// reload that changes it is logged and takes effect at the next restart.
+type Inventory struct {
+	Enabled bool `mapstructure:"enabled"`
+	// Path is the SQLite file; a relative path is resolved against this
+	// config file's directory. The container image points it at a volume.
+	Path string `mapstructure:"path"`
+	// Retention prunes rows not seen for this long (clients renew every 7
+	// days; the host forgets a client after 30).
+	Retention time.Duration `mapstructure:"retention"`
+	// StoreWorkstation false keeps only a salted hash of each workstation
+	// name (privacy).
+	StoreWorkstation bool `mapstructure:"store_workstation"`
+	// QueueSize bounds the activations waiting to be written: writes never
+	// block the data path, a full queue drops and counts.
+	QueueSize int `mapstructure:"queue_size"`
+}
+
 // Defaults, as in DESIGN.md. Each limit names what it bounds.
 const (
 	DefaultListen = "0.0.0.0:1688"
@@ -216,6 +236,12 @@ const (
 	DefaultPoolIdleTimeout         = 20 * time.Second // below vlmcsd's 30 s
 	DefaultPoolMaxWaiters          = 256
 	DefaultPoolMaxWaitersPerSource = 64
+
+	DefaultInventoryEnabled          = true
+	DefaultInventoryPath             = "kmsproxy-inventory.db"
+	DefaultInventoryRetention        = 90 * 24 * time.Hour
+	DefaultInventoryStoreWorkstation = true
+	DefaultInventoryQueueSize        = 4096 // activations waiting for the database: bounds memory when the disk is slow
 )
 
 // Default returns a Config holding every default. Zones, rules and upstreams
@@ -256,6 +282,13 @@ func Default() Config {
 			IdleTimeout:         DefaultPoolIdleTimeout,
 			MaxWaiters:          DefaultPoolMaxWaiters,
 			MaxWaitersPerSource: DefaultPoolMaxWaitersPerSource,
+		},
+		Inventory: Inventory{
+			Enabled:          DefaultInventoryEnabled,
+			Path:             DefaultInventoryPath,
+			Retention:        DefaultInventoryRetention,
+			StoreWorkstation: DefaultInventoryStoreWorkstation,
+			QueueSize:        DefaultInventoryQueueSize,
 		},
 	}
 }

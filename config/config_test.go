@@ -102,6 +102,9 @@ func TestBadFixtures(t *testing.T) {
 		{"bad-yaml", "", "not valid YAML"},
 		{"duplicate-zone-case", "zones.dmz", "zone defined twice"},
 		{"kms-watch", "kms_watch.max_tracked", "must be 1..10000000, got 0"},
+		{"inventory-path", "inventory.path", "is empty; set a file path or inventory.enabled: false"},
+		{"inventory-queue", "inventory.queue_size", "must be 1..1000000, got 0"},
+		{"inventory-retention", "inventory.retention", "must be positive"},
 		{"shadow-missing", "shadow.config", "cannot read testdata/no-such-candidate.yaml: no such file"},
 		{"wrong-type", "rules[0].opnums[0]", `cannot read "zero" as an integer`},
 	}
@@ -222,6 +225,9 @@ func TestDefaults(t *testing.T) {
 		// The terminating gateway is on unless upstream_pool.enabled says false.
 		{"upstream_pool", cfg.UpstreamPool, UpstreamPool{Enabled: true, MaxAssociations: 4, MaxIdle: 4, IdleTimeout: 20 * time.Second,
 			MaxWaiters: 256, MaxWaitersPerSource: 64}},
+		// The inventory is on, beside the config file, for 90 days.
+		{"inventory", cfg.Inventory, Inventory{Enabled: true, Path: filepath.Join(filepath.Dir(cfg.Path), "kmsproxy-inventory.db"),
+			Retention: 90 * 24 * time.Hour, StoreWorkstation: true, QueueSize: 4096}},
 	} {
 		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s = %+v, want %+v", c.name, c.got, c.want)
@@ -230,6 +236,7 @@ func TestDefaults(t *testing.T) {
 	// Default() agrees, and has no zones, rules or upstreams.
 	want.Upstreams, want.Zones, want.Rules = cfg.Upstreams, cfg.Zones, cfg.Rules
 	want.ZoneOrder, want.Policy, want.Path = cfg.ZoneOrder, cfg.Policy, cfg.Path
+	want.Inventory.Path = cfg.Inventory.Path // resolved against the file's directory
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Errorf("loaded minimal config differs from Default():\n%+v\n%+v", *cfg, want)
 	}

@@ -42,7 +42,17 @@ func (c *Config) WriteEffective(w io.Writer) error {
 	if c.Log.Syslog.Address != "" {
 		p(", syslog %s (%s, queue %d)", c.Log.Syslog.Address, c.Log.Syslog.Format, c.Log.Syslog.QueueSize)
 	}
-	p("\n\nzones:\n")
+	p("\n")
+	if inv := c.Inventory; inv.Enabled {
+		names := "workstation names stored"
+		if !inv.StoreWorkstation {
+			names = "workstation names hashed"
+		}
+		p("inventory:   %s (retention %v, %s, queue %d)\n", inv.Path, inv.Retention, names, inv.QueueSize)
+	} else {
+		p("inventory:   off (inventory.enabled false)\n")
+	}
+	p("\nzones:\n")
 	zones := c.Policy.Zones()
 	for _, z := range zones {
 		nets := make([]string, len(z.Prefixes))

@@ -99,6 +99,16 @@ func validate(cfg *Config, dupZones []string) []Problem {
 	checkInt(&ps, "upstream_pool.max_waiters", up.MaxWaiters, 1, 1_000_000)
 	checkInt(&ps, "upstream_pool.max_waiters_per_source", up.MaxWaitersPerSource, 1, up.MaxWaiters)
 
+	if inv := &cfg.Inventory; inv.Enabled {
+		if inv.Path == "" {
+			ps.add("inventory.path", "is empty; set a file path or inventory.enabled: false")
+		} else if !filepath.IsAbs(inv.Path) && cfg.Path != "" {
+			inv.Path = filepath.Join(filepath.Dir(cfg.Path), inv.Path)
+		}
+		checkDuration(&ps, "inventory.retention", inv.Retention, 100*365*24*time.Hour)
+		checkInt(&ps, "inventory.queue_size", inv.QueueSize, 1, 1_000_000)
+	}
+
 	if len(ps) > 0 {
 		return ps
 	}
