@@ -34,12 +34,13 @@ var mayImport = map[string][]string{
 	"event/syslog": {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"kmswatch":     {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"capture":      {"rpcparse", "rpcparse/kms"},
+	"inventory":    {},
 	"pool":         {"rpcparse"},
 	"probe":        {"rpcparse", "rpcparse/kms"},
-	"proxy":        {"pool", "assoc", "kmswatch", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"proxy":        {"pool", "assoc", "kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"admin":        {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"replay":       {"assoc", "capture", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"cmd/kmsproxy": {"proxy", "pool", "admin", "replay", "probe", "capture", "assoc", "kmswatch", "event", "event/syslog", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"cmd/kmsproxy": {"proxy", "pool", "admin", "inventory", "replay", "probe", "capture", "assoc", "kmswatch", "event", "event/syslog", "config", "acl", "rpcparse", "rpcparse/kms"},
 }
 
 // pure packages decide without touching the world: no sockets, files,

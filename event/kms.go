@@ -47,11 +47,10 @@ func nameOr(name string, id rpcparse.UUID) string {
 }
 
 // AppendKMSResponse adds the kms.* fields taken from a successful reply
-// (blob, the decrypted response of req) to f.
-func AppendKMSResponse(f []zap.Field, blob []byte, req *kms.Request) []zap.Field {
-	var r kms.Response
-	if err := kms.DecodeResponse(blob, req, &r); err != nil {
-		return append(f, zap.String("kms.reply_error", kms.Reason(err)))
+// (r, decoded by kms.DecodeResponse; decodeErr what it returned) to f.
+func AppendKMSResponse(f []zap.Field, r *kms.Response, decodeErr error) []zap.Field {
+	if decodeErr != nil {
+		return append(f, zap.String("kms.reply_error", kms.Reason(decodeErr)))
 	}
 	f = append(f,
 		zap.Uint32("kms.current_count", r.CurrentCount),

@@ -47,6 +47,7 @@ func (s *Server) newPool(rt *config.Runtime) *pool.Pool {
 		Dial:                func(ctx context.Context, network, addr string) (net.Conn, error) { return s.dial(ctx, network, addr) },
 		OnWait:              func(d time.Duration) { s.poolWait.Observe(d.Seconds()) },
 		OnDial: func(addr string, took time.Duration, err error) {
+			s.metrics.UpstreamResult(addr, err)
 			if err != nil {
 				s.metrics.UpstreamErrors.WithLabelValues(addr).Inc()
 				return

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strconv"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -42,19 +43,18 @@ func (s *session) finishKMSCall(c *assoc.Call, answered bool) {
 	f := event.AppendAuthOf(ev.Fields, neg.Present, neg.Type, neg.Level, class)
 	f = event.AppendKMSRequest(f, kc.req, kc.decodeErr)
 	result := event.KMSResultNoReply
+	var reply kmsReply
 	switch {
 	case !answered:
 	case c.KMS.Fault:
 		result = event.KMSResultFault
 		f = append(f, zap.String("kms.status", "0x"+strconv.FormatUint(uint64(c.KMS.FaultStatus), 16)))
 	default:
-		var hr uint32
-		var ok bool
-		f, hr, ok = appendKMSResponse(f, c, kc)
+		f, reply = appendKMSResponse(f, c, kc)
 		switch {
-		case !ok:
+		case !reply.stubOK:
 			result = event.KMSResultMalformedReply
-		case hr == 0:
+		case reply.hr == 0:
 			result = event.KMSResultSuccess
 		default:
 			result = event.KMSResultRefusedByHost
@@ -70,21 +70,47 @@ func (s *session) finishKMSCall(c *assoc.Call, answered bool) {
 	}
 	ev.Fields = append(f, zap.String("kmsproxy.kms_result", result))
 	s.emit().Log(zap.InfoLevel, event.ActionKMSActivation, ev)
-	s.srv.metrics.KMSActivations.WithLabelValues(event.ApplicationLabel(kc.req, kc.decodeErr), event.VersionLabel(kc.req), result).Inc()
+	m := s.srv.metrics
+	m.KMSActivations.WithLabelValues(event.ApplicationLabel(kc.req, kc.decodeErr), event.VersionLabel(kc.req), result).Inc()
+	m.ZoneActivations.WithLabelValues(event.ZoneLabel(s.zone), result).Inc()
+	m.Recent.Count(event.WindowActivations)
+	if !s.callStart.IsZero() && answered {
+		m.KMSCallSeconds.Observe(time.Since(s.callStart).Seconds())
+	}
+	if kc.decodeErr != nil {
+		return
+	}
+	if reply.stubOK && (reply.hr != 0 || reply.decodeErr == nil) {
+		s.srv.hosts.ObserveReply(kc.req, reply.hr, reply.resp.CurrentCount)
+	}
+	s.srv.recordActivation(s, kc, result, &reply)
 }
 
-// appendKMSResponse adds the reply's kms.* fields to f and reports its
-// HRESULT and whether the reply stub decoded (in the host's byte order).
-func appendKMSResponse(f []zap.Field, c *assoc.Call, kc *kmsCall) ([]zap.Field, uint32, bool) {
+// kmsReply is what the host's answer to a call said: the stub's HRESULT
+// (stubOK false: the stub did not parse) and, for S_OK, the decoded
+// response (decodeErr: why it did not decode).
+type kmsReply struct {
+	stubOK    bool
+	hr        uint32
+	resp      kms.Response
+	decodeErr error
+}
+
+// appendKMSResponse adds the reply's kms.* fields to f and says what the
+// reply held (the stub read in the host's byte order).
+func appendKMSResponse(f []zap.Field, c *assoc.Call, kc *kmsCall) ([]zap.Field, kmsReply) {
+	var r kmsReply
 	blob, hr, err := kms.ParseResponseStub(c.KMS.RespStub, kms.Encoding{NDR64: c.NDR64, BigEndian: c.KMS.RespBigEndian})
 	if err != nil {
-		return append(f, zap.String("kmsproxy.kms_reply_error", err.Error())), 0, false
+		return append(f, zap.String("kmsproxy.kms_reply_error", err.Error())), r
 	}
+	r.stubOK, r.hr = true, hr
 	f = append(f, zap.String("kms.status", event.HRESULTText(hr)))
 	if hr != 0 || kc.decodeErr != nil {
-		return f, hr, true
+		return f, r
 	}
-	return event.AppendKMSResponse(f, blob, kc.req), hr, true
+	r.decodeErr = kms.DecodeResponse(blob, kc.req, &r.resp)
+	return event.AppendKMSResponse(f, &r.resp, r.decodeErr), r
 }
 
 var kmsUUIDText = rpcparse.KMSInterfaceUUID.String()

@@ -65,7 +65,7 @@ func (s *Server) admitProxied(c net.Conn, peer, local netip.AddrPort) {
 		ev := event.New(event.ActionConnectionRefused, event.OutcomeFailure, event.ReasonProxyHeader)
 		ev.Fields = append(event.ConnFields(id, peer, local, ""), ev.Fields...)
 		ev.Add(zap.String("error.message", err.Error()))
-		s.emit.Decision(zap.WarnLevel, "connection refused", ev)
+		s.emit.From(peer.Addr(), "").Decision(zap.WarnLevel, "connection refused", ev)
 		s.metrics.Connections.WithLabelValues(event.ZoneLabel(""), "refused").Inc()
 		c.Close()
 		return

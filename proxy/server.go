@@ -36,6 +36,8 @@ type Server struct {
 	lastDialOK atomic.Int64 // unix nanoseconds of the last successful upstream dial
 	rate       *rateLimiter
 	watch      *kmswatch.Watch
+	hosts      *kmswatch.Hosts // the KMS host's counts and error codes, from replies
+	sink       ActivationSink  // the inventory; nil: none
 	parking    parker
 	fdBudget   int // descriptors connections may use (fdbudget.go); 0 = no cap
 
@@ -75,6 +77,7 @@ func New(rt *config.Runtime, log *zap.Logger, metrics *event.Metrics) *Server {
 		listeners: make(map[net.Listener]struct{}),
 		rate:      newRateLimiter(),
 		watch:     kmswatch.New(),
+		hosts:     kmswatch.NewHosts(metrics),
 	}
 	s.rt.Store(rt)
 	if rt != nil {
@@ -266,7 +269,7 @@ func (s *Server) admitFrom(rt *config.Runtime, c net.Conn, src, dst netip.AddrPo
 		if rule != "" {
 			ev.Add(zap.String("rule.name", rule))
 		}
-		s.emit.Decision(zap.InfoLevel, "connection refused", ev)
+		s.emit.From(src.Addr(), zone).Decision(zap.InfoLevel, "connection refused", ev)
 		s.metrics.Connections.WithLabelValues(event.ZoneLabel(zone), "refused").Inc()
 		// Close with RST-less FIN: nothing has been read.
 		c.Close()
@@ -306,6 +309,7 @@ func (s *Server) admitFrom(rt *config.Runtime, c net.Conn, src, dst netip.AddrPo
 
 	s.metrics.Connections.WithLabelValues(event.ZoneLabel(zone), "accepted").Inc()
 	s.metrics.ConnectionsActive.Inc()
+	s.metrics.Recent.Count(event.WindowConnections)
 	// connection-accepted is written under log.allowed: detail only (the
 	// connection's fields are on each of its events, connection-closed
 	// included); it is counted above either way. The mode is read now, not

@@ -73,7 +73,8 @@ type session struct {
 	// association ends at the proxy; its answers and stubs, reused.
 	terminated    bool
 	clientMaxRecv int
-	hostAssoc     string // the pool association of the last call
+	hostAssoc     string    // the pool association of the last call
+	callStart     time.Time // when the call in flight went to the host (kmsproxy_kms_call_duration_seconds)
 	gwOut, gwStub []byte
 	gwPDU         *rpcparse.PDU
 }
@@ -106,7 +107,9 @@ func (s *session) runtime() *config.Runtime { return s.srv.rt.Load() }
 // emit is the connection's event emitter: its logger (the connection's
 // fields on every event) and the server's metrics. Made per call, so a
 // session holds one pointer for it.
-func (s *session) emit() event.Emitter { return event.NewEmitter(s.log, s.srv.metrics) }
+func (s *session) emit() event.Emitter {
+	return event.NewEmitter(s.log, s.srv.metrics).From(s.src.Addr(), s.zone)
+}
 
 // idleParkAfter is how long a bound client may sit quiet between calls
 // before its session is parked (no goroutine, no buffers) until it sends
@@ -344,6 +347,9 @@ func (s *session) act(rt *config.Runtime, p *rpcparse.PDU, st assoc.Step) bool {
 	if c := st.Call; c != nil && c.KMS != nil && c.KMS.DecodeErr == nil {
 		s.srv.watch.Observe(s.emit(), rt.Config.KMSWatch, s.src.Addr(), &c.KMS.Req, c.Rule.Rule)
 	}
+	if st.Call != nil {
+		s.callStart = time.Now()
+	}
 	if s.terminated {
 		return s.gatewayCall(rt, st)
 	}
@@ -418,9 +424,11 @@ func (s *session) connectUpstream(rt *config.Runtime, p *rpcparse.PDU) bool {
 		if err != nil {
 			lastErr = err
 			s.srv.metrics.UpstreamErrors.WithLabelValues(addr).Inc()
+			s.srv.metrics.UpstreamResult(addr, err)
 			continue
 		}
 		s.srv.metrics.UpstreamDialSeconds.Observe(time.Since(t0).Seconds())
+		s.srv.metrics.UpstreamResult(addr, nil)
 		s.srv.MarkUpstreamOK()
 		s.upMu.Lock()
 		s.upstream, s.upstreamAddr = c, addr
