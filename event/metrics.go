@@ -1,6 +1,8 @@
 package event
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -35,9 +37,9 @@ type Metrics struct {
 	BuildInfo            *prometheus.GaugeVec // version, revision, goversion
 	UpstreamUp           *prometheus.GaugeVec // upstream
 	UpstreamLastSuccess  *prometheus.GaugeVec // upstream
-	InventoryWritten     prometheus.Counter
-	InventoryDropped     prometheus.Counter
-	InventoryWriteErrors prometheus.Counter
+	// inventory reads the inventory writer's counts at scrape time
+	// (SetInventoryStats); nil: no inventory, no series.
+	inventory atomic.Pointer[func() InventoryStats]
 
 	// Recent is what the status page shows of the last hour.
 	Recent *Recent
@@ -117,15 +119,6 @@ func NewMetrics() *Metrics {
 		UpstreamLastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kmsproxy_upstream_last_success_timestamp_seconds", Help: "Unix time of the last successful connection to the upstream.",
 		}, []string{"upstream"}),
-		InventoryWritten: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kmsproxy_inventory_written_total", Help: "Activations written to the inventory database.",
-		}),
-		InventoryDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kmsproxy_inventory_dropped_total", Help: "Activations the inventory dropped because its queue was full.",
-		}),
-		InventoryWriteErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kmsproxy_inventory_write_errors_total", Help: "Activations lost because a write to the inventory database failed.",
-		}),
 		Recent: NewRecent(50),
 	}
 	m.bindAllowed = m.Decisions.WithLabelValues(ActionBindAllowed, acl.ReasonAllowed)
@@ -139,7 +132,7 @@ func NewMetrics() *Metrics {
 		m.UpstreamErrors, m.Bytes, m.ConfigReloads, m.LogEventsDropped, m.ShadowDifferences, m.ConfigLastReload,
 		m.KMSHostCurrentCount, m.KMSHostRequiredCount, m.KMSHostErrors, m.ZoneActivations, m.ZoneRefusals,
 		m.KMSCallSeconds, m.BuildInfo, m.UpstreamUp, m.UpstreamLastSuccess,
-		m.InventoryWritten, m.InventoryDropped, m.InventoryWriteErrors)
+		inventoryCollector{m})
 	return m
 }
 
@@ -179,4 +172,38 @@ func notableKind(action string) string {
 // SetBuildInfo sets kmsproxy_build_info.
 func (m *Metrics) SetBuildInfo(version, revision, goVersion string) {
 	m.BuildInfo.WithLabelValues(version, revision, goVersion).Set(1)
+}
+
+// InventoryStats are the inventory writer's counts.
+type InventoryStats struct {
+	Written, Dropped, Failed uint64
+}
+
+// SetInventoryStats makes the kmsproxy_inventory_* series read stats at
+// every scrape.
+func (m *Metrics) SetInventoryStats(stats func() InventoryStats) { m.inventory.Store(&stats) }
+
+var (
+	inventoryWrittenDesc = prometheus.NewDesc("kmsproxy_inventory_written_total", "Activations written to the inventory database.", nil, nil)
+	inventoryDroppedDesc = prometheus.NewDesc("kmsproxy_inventory_dropped_total", "Activations the inventory dropped because its queue was full.", nil, nil)
+	inventoryFailedDesc  = prometheus.NewDesc("kmsproxy_inventory_write_errors_total", "Activations lost because a write to the inventory database failed.", nil, nil)
+)
+
+type inventoryCollector struct{ m *Metrics }
+
+func (c inventoryCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- inventoryWrittenDesc
+	ch <- inventoryDroppedDesc
+	ch <- inventoryFailedDesc
+}
+
+func (c inventoryCollector) Collect(ch chan<- prometheus.Metric) {
+	f := c.m.inventory.Load()
+	if f == nil {
+		return
+	}
+	st := (*f)()
+	ch <- prometheus.MustNewConstMetric(inventoryWrittenDesc, prometheus.CounterValue, float64(st.Written))
+	ch <- prometheus.MustNewConstMetric(inventoryDroppedDesc, prometheus.CounterValue, float64(st.Dropped))
+	ch <- prometheus.MustNewConstMetric(inventoryFailedDesc, prometheus.CounterValue, float64(st.Failed))
 }
