@@ -91,11 +91,13 @@ func NewMetrics() *Metrics {
 		ConfigLastReload: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kmsproxy_config_last_reload_successful", Help: "1 if the last configuration load succeeded.",
 		}),
+		// Named _clients, not _count: promtool check metrics reserves a
+		// _count suffix for histograms and summaries.
 		KMSHostCurrentCount: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kmsproxy_kms_host_current_count", Help: "The KMS host's current count per product group, from its last successful reply; clients need at least the group's required count.",
+			Name: "kmsproxy_kms_host_current_clients", Help: "The KMS host's current count per product group, from its last successful reply; clients need at least the group's required count.",
 		}, []string{"kms_counted_id", "name"}),
 		KMSHostRequiredCount: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kmsproxy_kms_host_required_count", Help: "The highest required client count (N policy) clients of a product group asked for: 25 client OS, 5 server OS and Office.",
+			Name: "kmsproxy_kms_host_required_clients", Help: "The highest required client count (N policy) clients of a product group asked for: 25 client OS, 5 server OS and Office.",
 		}, []string{"kms_counted_id", "name"}),
 		KMSHostErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kmsproxy_kms_host_errors_total", Help: "Activation replies in which the KMS host returned an error HRESULT.",

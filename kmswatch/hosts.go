@@ -43,7 +43,7 @@ const maxHostEntries = 64
 
 // Hosts is the KMS host view: per product group the count the host
 // reported, and the error codes it returned. It feeds
-// kmsproxy_kms_host_current_count, _required_count and _errors_total and
+// kmsproxy_kms_host_current_clients, _required_count and _errors_total and
 // the status page. Safe for concurrent use.
 type Hosts struct {
 	m      *event.Metrics
