@@ -38,7 +38,7 @@ var mayImport = map[string][]string{
 	"pool":         {"rpcparse"},
 	"probe":        {"rpcparse", "rpcparse/kms"},
 	"proxy":        {"pool", "assoc", "kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"admin":        {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"admin":        {"kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"replay":       {"assoc", "capture", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"cmd/kmsproxy": {"proxy", "pool", "admin", "inventory", "replay", "probe", "capture", "assoc", "kmswatch", "event", "event/syslog", "config", "acl", "rpcparse", "rpcparse/kms"},
 }

@@ -21,12 +21,14 @@ type Proxy interface {
 	MarkUpstreamOK()           // CheckUpstreams reached one
 }
 
-// Management serves /metrics, /healthz and /readyz. It belongs on an
-// internal address: it is never on the client-facing listener.
+// Management serves the status page, /status.json, /inventory, /metrics,
+// /healthz and /readyz. It belongs on an internal address: it is never on
+// the client-facing listener.
 type Management struct {
 	srv      Proxy
 	bound    atomic.Bool
 	interval time.Duration
+	status   atomic.Pointer[Status]
 }
 
 // New returns the management handler set for srv. interval is how recent
@@ -41,21 +43,45 @@ func New(srv Proxy, interval time.Duration) *Management {
 // SetListening records that the client listener is bound.
 func (m *Management) SetListening(v bool) { m.bound.Store(v) }
 
-// Handler returns the HTTP handler.
+// Handler returns the HTTP handler. Every route answers GET and HEAD
+// only (405 with Allow otherwise), an unknown path is 404, and every
+// response carries the headers of secure.
 func (m *Management) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.srv.Metrics().Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /{$}", m.servePage)
+	mux.HandleFunc("GET /status.json", m.serveStatusJSON)
+	mux.HandleFunc("GET /inventory", m.serveInventory)
+	mux.Handle("GET /static/", http.HandlerFunc(serveStatic))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.srv.Metrics().Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if why := m.notReady(); why != "" {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))
 	})
-	return mux
+	return secure(mux)
+}
+
+// contentSecurityPolicy lets a page load only this server's stylesheet
+// and images and submit forms only here: no script at all, nothing
+// inline, no framing.
+const contentSecurityPolicy = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+
+// secure sets the headers every management response carries.
+func secure(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", contentSecurityPolicy)
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "no-referrer")
+		hd.Set("X-Frame-Options", "DENY")
+		hd.Set("Cache-Control", "no-store")
+		h.ServeHTTP(w, r)
+	})
 }
 
 func (m *Management) notReady() string {
