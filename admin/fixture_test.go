@@ -222,13 +222,20 @@ func (f *fixture) fill(t testing.TB) {
 		m.Recent.Count(event.WindowActivations)
 	}
 
-	// Refusals from the dmz zone, as the proxy emits them.
+	// Refusals from the dmz zone: the last hour's history as Recent keeps
+	// it, then two the proxy emits now.
+	now := time.Now()
+	for _, n := range []event.Notable{
+		{Time: now.Add(-38 * time.Minute), Action: event.ActionBindRefused, Reason: acl.ReasonDeniedByRule, Source: "192.0.2.77", Message: event.ActionBindRefused},
+		{Time: now.Add(-31 * time.Minute), Action: event.ActionBindRefused, Reason: acl.ReasonInterfaceNotAllowed, Source: "192.0.2.77", Message: event.ActionBindRefused},
+		{Time: now.Add(-22 * time.Minute), Action: event.ActionRequestRefused, Reason: acl.ReasonKMSApplicationNotAllowed, Source: "192.0.2.31", Message: event.ActionRequestRefused},
+		{Time: now.Add(-9 * time.Minute), Action: event.ActionProtocolViolation, Reason: acl.ReasonMalformedBind, Source: "192.0.2.140", Message: "protocol violation"},
+	} {
+		n.Kind, n.Zone = event.NotableRefusal, "dmz"
+		m.Recent.Note(n)
+	}
 	dmz := func(ip string) event.Emitter { return em.From(netip.MustParseAddr(ip), "dmz") }
-	dmz("192.0.2.77").Decision(zap.InfoLevel, event.ActionBindRefused, event.New(event.ActionBindRefused, event.OutcomeFailure, acl.ReasonDeniedByRule))
-	dmz("192.0.2.77").Decision(zap.InfoLevel, event.ActionBindRefused, event.New(event.ActionBindRefused, event.OutcomeFailure, acl.ReasonInterfaceNotAllowed))
 	dmz("192.0.2.31").Decision(zap.InfoLevel, event.ActionRequestRefused, event.New(event.ActionRequestRefused, event.OutcomeFailure, acl.ReasonKMSApplicationNotAllowed))
-	dmz("192.0.2.31").Decision(zap.InfoLevel, event.ActionRequestRefused, event.New(event.ActionRequestRefused, event.OutcomeFailure, acl.ReasonKMSApplicationNotAllowed))
-	dmz("192.0.2.140").Decision(zap.WarnLevel, "protocol violation", event.New(event.ActionProtocolViolation, event.OutcomeFailure, acl.ReasonMalformedBind))
 	em.From(netip.MustParseAddr("203.0.113.9"), "").Decision(zap.InfoLevel, "connection refused", event.New(event.ActionConnectionRefused, event.OutcomeFailure, acl.ReasonSourceNotInZone))
 
 	// A duplicate client machine ID: a cloned image in the dmz.

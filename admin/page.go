@@ -88,6 +88,7 @@ func assetURL(name string) (string, error) {
 var pageTemplate = template.Must(template.New("status.html").Funcs(template.FuncMap{
 	"asset":     assetURL,
 	"printable": printable,
+	"sanitize":  inventory.Sanitize, // printable's escapes, cut to inventory.MaxCell runes
 	"ts":        timestamp,
 	"ago":       ago,
 	"uptime":    uptime,
