@@ -8,7 +8,7 @@
 //	})
 //	if err != nil { … }
 //	defer s.Close()
-//	w := inventory.NewWriter(s, 4096, metrics.InventoryDropped.Inc)
+//	w := inventory.NewWriter(s, 4096, nil) // w.Stats() counts written, dropped, failed
 //	w.SetOnError(func(err error) { log.Warn("inventory", zap.Error(err)) })
 //	defer w.Close() // before s.Close: writes what is queued
 //

@@ -10,8 +10,9 @@ import (
 // maxBatch is the most activations one transaction of the Writer commits.
 const maxBatch = 256
 
-// pruneEvery is how often the Writer applies the retention.
-const pruneEvery = time.Hour
+// pruneEvery is how often the Writer applies the retention (a variable
+// for tests).
+var pruneEvery = time.Hour
 
 // WriterStats count the activations a Writer handled.
 type WriterStats struct {

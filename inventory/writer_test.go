@@ -152,3 +152,36 @@ func TestWriterPrunesAtStart(t *testing.T) {
 		t.Fatalf("%d rows, want 1", c)
 	}
 }
+
+func TestWriterPrunesHourly(t *testing.T) {
+	defer func(d time.Duration) { pruneEvery = d }(pruneEvery)
+	pruneEvery = 5 * time.Millisecond
+	var now atomic.Int64
+	now.Store(t0.UnixNano())
+	s, _ := openTest(t, Options{Retention: time.Hour, Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	record(t, s, act(cmidN(1), t0))
+	w := NewWriter(s, 4, nil)
+	defer w.Close()
+	if c, _ := s.Count(context.Background()); c != 1 {
+		t.Fatalf("%d rows before the clock moved", c)
+	}
+	now.Store(t0.Add(2 * time.Hour).UnixNano())
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := s.Count(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the row past its retention was not pruned by the periodic prune")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	w.Close()
+	if st := w.Stats(); st.Pruned != 1 {
+		t.Errorf("stats %+v, want 1 pruned", st)
+	}
+}
