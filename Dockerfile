@@ -11,7 +11,8 @@
 # Modules come from the Go module proxy, or from vendor/ when the build
 # context has one (`go mod vendor` for a build without network).
 #
-# Ports: 1688/tcp KMS clients. Management (/metrics /healthz /readyz) is on
+# Volume: /var/lib/kmsproxy, the activation inventory (inventory.path).
+# Ports: 1688/tcp KMS clients. Management (/ /inventory /metrics /healthz /readyz) is on
 # 127.0.0.1:9464 inside the container; it is not exposed. To scrape it, set
 # KMSPROXY_MANAGEMENT_LISTEN=0.0.0.0:9464 and publish 9464 only on an
 # internal network, never on the DMZ side.
@@ -34,6 +35,9 @@ COPY . .
 RUN ["/usr/local/go/bin/go", "build", "-o", "/out/kmsproxy", "./cmd/kmsproxy"]
 # Fail the build, not the deployment, if the default config is invalid.
 RUN ["/out/kmsproxy", "check", "--config", "/src/examples/dmz.yaml"]
+# The inventory's directory, made without a shell (WORKDIR creates it) and
+# copied below owned by the runtime user: the root stays read-only.
+WORKDIR /out/var-lib-kmsproxy
 
 FROM ${RUNTIME_IMAGE}
 ARG VERSION=dev
@@ -44,7 +48,12 @@ LABEL org.opencontainers.image.title="kmsproxy" \
       org.opencontainers.image.revision="${COMMIT}"
 COPY --from=build /out/kmsproxy /usr/local/bin/kmsproxy
 COPY examples/dmz.yaml /etc/kmsproxy/kmsproxy.yaml
-ENV KMSPROXY_CONFIG=/etc/kmsproxy/kmsproxy.yaml
+COPY --from=build --chown=65532:65532 /out/var-lib-kmsproxy /var/lib/kmsproxy
+# The activation inventory (SQLite, WAL) lives on a volume: mount one there
+# to keep it across containers (an anonymous volume is made otherwise).
+ENV KMSPROXY_CONFIG=/etc/kmsproxy/kmsproxy.yaml \
+    KMSPROXY_INVENTORY_PATH=/var/lib/kmsproxy/inventory.db
+VOLUME ["/var/lib/kmsproxy"]
 # Numeric, so no /etc/passwd is needed (scratch has none).
 USER 65532:65532
 EXPOSE 1688/tcp

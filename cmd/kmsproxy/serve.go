@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"sync/atomic"
 	"syscall"
@@ -72,6 +73,7 @@ const (
 const defaultGCPercent = 400
 
 func serve(path string) error {
+	started := time.Now()
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
 	}
@@ -112,12 +114,25 @@ func serve(path string) error {
 	}
 	logp.Store(log)
 	defer log.Sync()
+	metrics.SetBuildInfo(version, commit, runtime.Version())
 	srv := proxy.New(rt, log, metrics)
+	inv, err := openInventory(cfg.Inventory, srv, metrics, log)
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	if inv != nil {
+		defer inv.close()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	mgmt := admin.New(srv, cfg.Management.ReadyInterval)
+	status := admin.Status{Version: version, ConfigPath: path, Started: started, Hosts: srv.Hosts()}
+	if inv != nil {
+		status.Inventory = inv.store
+	}
+	mgmt.SetStatus(status)
 	mln, err := net.Listen("tcp", cfg.Management.Listen)
 	if err != nil {
 		return fmt.Errorf("management listener %s: %w", cfg.Management.Listen, err)

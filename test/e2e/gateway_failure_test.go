@@ -62,6 +62,12 @@ func newGWClient(t *testing.T) *gwClient {
 func (g *gwClient) activate(addr, src string, n int, answerWithin time.Duration) gwOutcome {
 	req := kmsgen.NewRequest(6)
 	req.CMID = rpcparse.MustUUID(fmt.Sprintf("6b6b6b6b-0000-4000-8000-%012x", n))
+	return g.activateRequest(addr, src, n, req, answerWithin)
+}
+
+// activateRequest is activate with a request of the caller's (its own
+// CMID, workstation, product).
+func (g *gwClient) activateRequest(addr, src string, n int, req kms.Request, answerWithin time.Duration) gwOutcome {
 	stub := kmsgen.RequestStub(kmsgen.EncodeRequest(&req, kmsgen.IV(byte(n))), g.ndr64)
 	conn, err := fixture.DialErr(src, addr)
 	if err != nil {
