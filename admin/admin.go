@@ -97,20 +97,27 @@ func (m *Management) notReady() string {
 }
 
 // CheckUpstreams dials each upstream with a plain TCP connect every
-// interval until ctx ends, so /readyz reflects reachability even without
-// traffic. It sends no bytes: the host sees a connect and a close.
+// interval until ctx ends, so /readyz and each upstream's health
+// (kmsproxy_upstream_up, the status page) reflect reachability even
+// without traffic. It sends no bytes: the host sees a connect and a close.
 func (m *Management) CheckUpstreams(ctx context.Context) {
 	t := time.NewTicker(m.interval / 3)
 	defer t.Stop()
 	for {
 		rt := m.srv.Runtime()
+		// Every upstream, not just the first that answers: each one's
+		// health is a series (kmsproxy_upstream_up) and a status page row,
+		// so a dead standby shows before it is needed.
 		for _, addr := range rt.Config.Upstreams {
 			d := net.Dialer{Timeout: rt.Config.Limits.UpstreamConnectTimeout}
 			c, err := d.DialContext(ctx, "tcp", addr)
+			if ctx.Err() != nil {
+				return
+			}
+			m.srv.Metrics().UpstreamResult(addr, err)
 			if err == nil {
 				c.Close()
 				m.srv.MarkUpstreamOK()
-				break
 			}
 		}
 		select {

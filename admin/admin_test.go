@@ -1,12 +1,16 @@
 package admin
 
 import (
+	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/event"
@@ -67,5 +71,57 @@ func TestMetricsServesRegistry(t *testing.T) {
 	code, body := get(t, New(p, 0).Handler(), "/metrics")
 	if code != http.StatusOK || !strings.Contains(body, "\nkmsproxy_connections_active 3\n") {
 		t.Fatalf("/metrics: %d\n%s", code, body)
+	}
+}
+
+// CheckUpstreams checks every upstream, not just the first that answers:
+// a dead standby shows as down beside a live primary.
+func TestCheckUpstreamsRecordsEachUpstream(t *testing.T) {
+	live, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	go func() {
+		for {
+			c, err := live.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadAddr := dead.Addr().String()
+	dead.Close() // nothing listens there now: connection refused
+
+	cfg := &config.Config{Upstreams: []string{live.Addr().String(), deadAddr}}
+	cfg.Limits.UpstreamConnectTimeout = time.Second
+	p := &fakeProxy{m: event.NewMetrics(), rt: &config.Runtime{Config: cfg}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { New(p, 30*time.Millisecond).CheckUpstreams(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(p.m.Upstreams()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	up := p.m.Upstreams()
+	if len(up) != 2 {
+		t.Fatalf("health of %d upstreams, want 2: %+v", len(up), up)
+	}
+	byAddr := map[string]event.UpstreamHealth{up[0].Address: up[0], up[1].Address: up[1]}
+	if h := byAddr[live.Addr().String()]; !h.Up || h.LastOK.IsZero() {
+		t.Errorf("live upstream: %+v", h)
+	}
+	if h := byAddr[deadAddr]; h.Up || h.LastError == "" {
+		t.Errorf("dead upstream: %+v", h)
+	}
+	if v := testutil.ToFloat64(p.m.UpstreamUp.WithLabelValues(deadAddr)); v != 0 {
+		t.Errorf("kmsproxy_upstream_up{dead} = %v", v)
+	}
+	if p.markups == 0 {
+		t.Error("the live upstream did not count for readiness")
 	}
 }
