@@ -19,6 +19,7 @@ import (
 	"github.com/kmsproxy/kmsproxy/inventory"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
+	"github.com/kmsproxy/kmsproxy/test/browser"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 	"github.com/kmsproxy/kmsproxy/test/kmsgen"
 )
@@ -182,6 +183,13 @@ func TestInventoryThroughBinary(t *testing.T) {
 	}
 	checkNoFormulas(t, "/inventory text/csv", recs)
 
+	// The status page in a real headless Chromium: the activations just
+	// made are listed, the markup in a workstation name is text in its
+	// cell (no script element exists in the document), the host view
+	// shows the count the host returned, and the page triggers no CSP
+	// violation.
+	checkStatusPageInBrowser(t, "http://"+mgmt+"/")
+
 	// A restart keeps every row; the next activation of a machine adds to
 	// its count.
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -326,5 +334,34 @@ func TestInventorySurvivesKill9(t *testing.T) {
 	// The CLI reads it too.
 	if got := inventoryRows(t, "--file", db); len(got) != len(rows) {
 		t.Errorf("inventory --file: %d rows, the store %d", len(got), len(rows))
+	}
+}
+
+func checkStatusPageInBrowser(t *testing.T, url string) {
+	t.Helper()
+	if _, err := browser.Find(); err != nil {
+		t.Fatalf("%v (DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	page, err := browser.Load(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dom := page.DOM
+	for _, want := range []string{
+		"dmz-ws01.corp.example",                 // the activation just made
+		"&lt;script&gt;alert(1)&lt;/script&gt;", // markup shown as text
+		"Windows 10 2015 (Volume)",              // the host view's product group
+	} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("the status page lacks %q", want)
+		}
+	}
+	if strings.Contains(strings.ToLower(dom), "<script") {
+		t.Error("the status page's DOM holds a script element")
+	}
+	if len(page.CSPViolations) > 0 {
+		t.Errorf("CSP violations: %q", page.CSPViolations)
 	}
 }
