@@ -145,6 +145,7 @@ func TestInventoryThroughBinary(t *testing.T) {
 	// The table: one line per row plus header and summary, no raw control
 	// (the C1 CSI and the bidi override are shown escaped).
 	table := inventoryCLI(t, "--config", p.path)
+	t.Logf("kmsproxy inventory:\n%s", table)
 	if strings.ContainsAny(table, "\x1b\r\u009b\u202e") {
 		t.Errorf("the table carries a raw control character:\n%q", table)
 	}
