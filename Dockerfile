@@ -35,8 +35,10 @@ COPY . .
 RUN ["/usr/local/go/bin/go", "build", "-o", "/out/kmsproxy", "./cmd/kmsproxy"]
 # Fail the build, not the deployment, if the default config is invalid.
 RUN ["/out/kmsproxy", "check", "--config", "/src/examples/dmz.yaml"]
-# The inventory's directory, made without a shell (WORKDIR creates it) and
-# copied below owned by the runtime user: the root stays read-only.
+# The inventory's directory, made without a shell (WORKDIR creates
+# directories): /var/lib root's, /var/lib/kmsproxy the runtime user's, so
+# that directory is all the proxy can write.
+WORKDIR /out/var/lib
 WORKDIR /out/var-lib-kmsproxy
 
 FROM ${RUNTIME_IMAGE}
@@ -48,6 +50,7 @@ LABEL org.opencontainers.image.title="kmsproxy" \
       org.opencontainers.image.revision="${COMMIT}"
 COPY --from=build /out/kmsproxy /usr/local/bin/kmsproxy
 COPY examples/dmz.yaml /etc/kmsproxy/kmsproxy.yaml
+COPY --from=build /out/var /var
 COPY --from=build --chown=65532:65532 /out/var-lib-kmsproxy /var/lib/kmsproxy
 # The activation inventory (SQLite, WAL) lives on a volume: mount one there
 # to keep it across containers (an anonymous volume is made otherwise).

@@ -27,6 +27,8 @@ const (
 	// What the Dockerfile promises.
 	wantBinary     = "/usr/local/bin/kmsproxy"
 	wantConfigPath = "/etc/kmsproxy/kmsproxy.yaml"
+	// wantInventoryDir is the image's one writable place, a VOLUME.
+	wantInventoryDir = "/var/lib/kmsproxy"
 	wantUser       = "65532:65532"
 	wantUID        = 65532
 	wantGID        = 65532
@@ -172,6 +174,12 @@ func checkConfig(t *testing.T, info *imageInfo) {
 	if !slices.Equal(c.Cmd, []string{"serve"}) {
 		t.Errorf("Cmd = %q, want [serve]", c.Cmd)
 	}
+	if !slices.Contains(c.Env, "KMSPROXY_INVENTORY_PATH="+wantInventoryDir+"/inventory.db") {
+		t.Errorf("Env = %q, want KMSPROXY_INVENTORY_PATH=%s/inventory.db", c.Env, wantInventoryDir)
+	}
+	if _, ok := c.Volumes[wantInventoryDir]; !ok || len(c.Volumes) != 1 {
+		t.Errorf("Volumes = %v, want only %s", keys(c.Volumes), wantInventoryDir)
+	}
 	if !slices.Contains(c.Env, "KMSPROXY_CONFIG="+wantConfigPath) {
 		t.Errorf("Env = %q, want KMSPROXY_CONFIG=%s", c.Env, wantConfigPath)
 	}
@@ -211,7 +219,13 @@ func checkFiles(t *testing.T, rootfs, dmzConfig string) {
 		}
 		st := info.Sys().(*syscall.Stat_t)
 		listing = append(listing, fmt.Sprintf("%s %d:%d /%s", info.Mode(), st.Uid, st.Gid, rel))
-		if st.Uid == wantUID || info.Mode().Perm()&0o022 != 0 {
+		switch {
+		case "/"+rel == wantInventoryDir:
+			// The one directory the proxy writes: the inventory volume.
+			if st.Uid != wantUID || !info.IsDir() || info.Mode().Perm()&0o022 != 0 {
+				t.Errorf("%s (%v, uid %d): want a directory of uid %d writable by it alone", wantInventoryDir, info.Mode(), st.Uid, wantUID)
+			}
+		case st.Uid == wantUID || info.Mode().Perm()&0o022 != 0:
 			t.Errorf("/%s (%v, uid %d) is writable by the image user", rel, info.Mode(), st.Uid)
 		}
 		return nil
@@ -220,7 +234,7 @@ func checkFiles(t *testing.T, rootfs, dmzConfig string) {
 		t.Fatal(err)
 	}
 	t.Logf("image files:\n  %s", strings.Join(listing, "\n  "))
-	want := []string{"/etc", "/etc/kmsproxy", wantConfigPath, "/usr", "/usr/local", "/usr/local/bin", wantBinary}
+	want := []string{"/etc", "/etc/kmsproxy", wantConfigPath, "/usr", "/usr/local", "/usr/local/bin", wantBinary, "/var", "/var/lib", wantInventoryDir}
 	var got []string
 	for _, l := range listing {
 		got = append(got, l[strings.LastIndexByte(l, ' ')+1:])

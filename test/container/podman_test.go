@@ -204,6 +204,7 @@ type imageInfo struct {
 		Env          []string
 		WorkingDir   string
 		ExposedPorts map[string]struct{}
+		Volumes      map[string]struct{}
 		Labels       map[string]string
 	}
 	// Docker-format images keep HEALTHCHECK; OCI-format ones drop it.

@@ -186,6 +186,10 @@ func runImageIn(t *testing.T, sp *spec, m fixture.HostSide) {
 	waitEvent(t, l, "kms-activation", clientIP)
 	waitEvent(t, l, "bind-refused", clientIP)
 
+	// The activation is in the inventory on the image's volume, read by
+	// the image's own binary while the proxy runs.
+	checkInventory(t, l)
+
 	// SIGTERM: a clean exit, after which the health check fails.
 	stopped = true
 	if code := l.stop(); code != 0 {
@@ -344,7 +348,17 @@ func newChrootLauncher(t *testing.T, sp *spec) *chrootLauncher {
 		t.Fatalf("writing to the image root: %v, want EROFS", err)
 	}
 	uid, gid := parseUser(t, wantUser)
-	t.Logf("image root %s bind-mounted read-only at %s; user %d:%d", sp.Rootfs, root, uid, gid)
+	// The image's VOLUME, as an engine provides it: a writable directory
+	// of the image user's mounted over the read-only root's.
+	vol := t.TempDir()
+	if err := os.Chown(vol, int(uid), int(gid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(vol, root+wantInventoryDir, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind mount the inventory volume: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(root+wantInventoryDir, syscall.MNT_DETACH) })
+	t.Logf("image root %s bind-mounted read-only at %s, a volume at %s; user %d:%d", sp.Rootfs, root, wantInventoryDir, uid, gid)
 	return &chrootLauncher{t: t, sp: sp, root: root, uid: uid, gid: gid, done: make(chan struct{})}
 }
 
@@ -500,4 +514,32 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// checkInventory waits for the activation's row in the inventory, read by
+// `kmsproxy inventory --json` inside the container (the image's config and
+// KMSPROXY_INVENTORY_PATH).
+func checkInventory(t *testing.T, l launcher) {
+	t.Helper()
+	var out string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		var code int
+		code, out = l.exec([]string{wantBinary, "inventory", "--json"})
+		var doc struct {
+			Rows []struct {
+				Zone       string `json:"last_zone"`
+				Source     string `json:"last_source"`
+				LastResult string `json:"last_result"`
+			} `json:"rows"`
+		}
+		if code == 0 && json.Unmarshal([]byte(out), &doc) == nil && len(doc.Rows) == 1 {
+			r := doc.Rows[0]
+			if r.Source != clientIP || r.LastResult != "success" || r.Zone == "" {
+				t.Errorf("inventory row %+v: want the activation from %s", r, clientIP)
+			}
+			t.Logf("kmsproxy inventory --json in the image: 1 row from %s, zone %s, %s", r.Source, r.Zone, r.LastResult)
+			return
+		}
+	}
+	t.Errorf("no inventory row for the activation:\n%s", out)
 }
