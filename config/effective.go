@@ -52,6 +52,7 @@ func (c *Config) WriteEffective(w io.Writer) error {
 	} else {
 		p("inventory:   off (inventory.enabled false)\n")
 	}
+	c.writeDNS(p)
 	p("\nzones:\n")
 	zones := c.Policy.Zones()
 	for _, z := range zones {

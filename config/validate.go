@@ -109,6 +109,8 @@ func validate(cfg *Config, dupZones []string) []Problem {
 		checkInt(&ps, "inventory.queue_size", inv.QueueSize, 1, 1_000_000)
 	}
 
+	checkDNS(&ps, cfg)
+
 	if len(ps) > 0 {
 		return ps
 	}
