@@ -359,15 +359,18 @@ func (s *session) act(rt *config.Runtime, p *rpcparse.PDU, st assoc.Step) bool {
 // refuse logs a policy refusal in full and answers it (on_deny reject).
 func (s *session) refuse(p *rpcparse.PDU, st assoc.Step) {
 	d := st.Decision
+	// Whether the client gets an answer, decided once: the event says so
+	// (kmsproxy.on_deny) and the answer follows it.
+	answer := st.Answer != nil && s.onDenyReject()
 	switch st.Stage {
 	case assoc.StageBind:
-		s.refusalEvent(event.ActionBindRefused, d, p, event.AppendBind(nil, p)...)
+		s.refusalEvent(event.ActionBindRefused, d, p, answer, event.AppendBind(nil, p)...)
 	case assoc.StageAuth3:
-		s.refusalEvent(event.ActionBindRefused, d, p, append(event.AppendAuth(nil, p),
+		s.refusalEvent(event.ActionBindRefused, d, p, answer, append(event.AppendAuth(nil, p),
 			zap.String("dcerpc.interface.uuid", event.UUIDText(st.Iface.UUID)),
 			zap.String("dcerpc.interface.name", rpcparse.InterfaceName(st.Iface.UUID)))...)
 	case assoc.StageRate:
-		s.refusalEvent(event.ActionRateLimited, d, p, appendRequestFields(nil, s, p)...)
+		s.refusalEvent(event.ActionRateLimited, d, p, answer, appendRequestFields(nil, s, p)...)
 	default:
 		f := appendRequestFields(nil, s, p)
 		if c := st.Call; c != nil && c.KMS != nil {
@@ -375,10 +378,10 @@ func (s *session) refuse(p *rpcparse.PDU, st assoc.Step) {
 			f = event.AppendKMSRequest(f, kc.req, kc.decodeErr)
 			s.srv.metrics.KMSActivations.WithLabelValues(event.ApplicationLabel(kc.req, kc.decodeErr), event.VersionLabel(kc.req), event.KMSResultRefused).Inc()
 		}
-		s.refusalEvent(event.ActionRequestRefused, d, p, f...)
+		s.refusalEvent(event.ActionRequestRefused, d, p, answer, f...)
 	}
 	s.setReason(d.Reason)
-	if st.Answer != nil && s.onDenyReject() {
+	if answer {
 		s.writeClient(st.Answer)
 	}
 }
@@ -487,12 +490,20 @@ func directionECS(dir string) string {
 	return "inbound"
 }
 
-func (s *session) refusalEvent(action string, d acl.Decision, p *rpcparse.PDU, extra ...zap.Field) {
+// refusalEvent logs a policy refusal. kmsproxy.on_deny says what the
+// client got, in on_deny's words: reject (a bind_nak or fault, then the
+// close) or drop (the close alone: on_deny drop, or an auth3 refusal,
+// which has no answer PDU). CEF's act (deny, drop) is read from it.
+func (s *session) refusalEvent(action string, d acl.Decision, p *rpcparse.PDU, answered bool, extra ...zap.Field) {
 	ev := event.New(action, event.OutcomeFailure, d.Reason)
 	if d.Rule != "" {
 		ev.Add(zap.String("rule.name", d.Rule))
 	}
-	ev.Add(zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID))
+	onDeny := "drop"
+	if answered {
+		onDeny = "reject"
+	}
+	ev.Add(zap.String("dcerpc.ptype", p.Type.String()), zap.Uint32("dcerpc.call_id", p.CallID), zap.String("kmsproxy.on_deny", onDeny))
 	ev.Add(extra...)
 	s.emit().Decision(zap.InfoLevel, action, ev)
 }

@@ -2,11 +2,17 @@ package syslog
 
 // CEF (ArcSight Common Event Format, rev 25) is the sink's alternative
 // wire format, for collectors (ArcSight, Sentinel's CommonSecurityLog,
-// QRadar) that map CEF keys rather than parse JSON. The message is
+// QRadar, Splunk through SC4S) that map CEF keys rather than parse JSON.
+// The message is
 //
 //	<PRI>1 TIMESTAMP HOSTNAME kmsproxy PROCID MSGID - CEF:0|kmsproxy|kmsproxy|VERSION|event.action|message|SEVERITY|EXTENSION
 //
-// and cefFields below is the whole mapping (docs/siem.md repeats it).
+// The Signature ID (deviceEventClassId) is event.action, which every
+// search keys on; act is the verdict (cefVerdict), in the words the ASIM
+// NetworkSession parsers and ArcSight content map (allow, deny, drop);
+// cefFields and cefSeverity are the rest of the mapping.
+// docs/siem-sentinel.md and docs/siem-splunk.md repeat it, and
+// test/siem holds one golden record per action.
 
 import (
 	"strconv"
@@ -16,29 +22,37 @@ import (
 	"github.com/kmsproxy/kmsproxy/event"
 )
 
-// cefField maps one ECS field onto a CEF extension key; label, when set,
-// is sent as the key's "…Label" companion (cs1Label=rule.name).
+// cefField maps one event field onto a CEF extension key; label, when
+// set, is sent as the key's "…Label" companion (cs1Label=rule.name). A
+// field starting with '@' is derived (cefValue). Each key has one meaning
+// for every action.
 type cefField struct {
 	key, field, label string
 }
 
+// cefFields are the extension keys after rt and dvchost, in the order
+// written; a key whose value is empty is left out.
 var cefFields = []cefField{
 	{"src", "source.ip", ""},
 	{"spt", "source.port", ""},
 	{"dst", "destination.ip", ""},
 	{"dpt", "destination.port", ""},
-	{"proto", "network.transport", ""},
+	{"proto", "@transport", ""}, // network.transport, upper case
 	{"app", "network.protocol", ""},
-	{"act", "event.action", ""},
-	{"outcome", "event.outcome", ""},
+	{"act", "@verdict", ""},
+	{"outcome", "@outcome", ""},
 	{"reason", "event.reason", ""},
 	{"cat", "event.kind", ""},
-	{"in", "source.bytes", ""},
-	{"out", "destination.bytes", ""},
+	{"in", "source.bytes", ""},       // CEF bytesIn: source to destination
+	{"out", "destination.bytes", ""}, // CEF bytesOut: destination to source
+	{"start", "@start", ""},
+	{"end", "@end", ""},
 	{"shost", "kms.workstation", ""},
+	{"destinationServiceName", "dcerpc.interface.name", ""},
+	{"msg", "error.message", ""},
 	{"cs1", "rule.name", "rule.name"},
-	{"cs2", "kmsproxy.zone", "kmsproxy.zone"},
-	{"cs3", "dcerpc.interface.name", "dcerpc.interface.name"},
+	{"cs2", "@zone", "kmsproxy.zone"},
+	{"cs3", "event.action", "event.action"},
 	{"cs4", "network.community_id", "network.community_id"},
 	{"cs5", "kms.client_machine_id", "kms.client_machine_id"},
 	{"cs6", "kms.application", "kms.application"},
@@ -49,15 +63,102 @@ var cefFields = []cefField{
 	{"flexString2", "kmsproxy.kms_result", "kmsproxy.kms_result"},
 }
 
-// cefSeverity is the CEF severity (0-10) per action; others follow the level.
+// cefValue is the value of a cefFields field in ev; t is the event's time.
+func cefValue(field, action string, ev map[string]any, t time.Time) (string, bool) {
+	switch field {
+	case "@transport":
+		v, ok := scalarText(ev["network.transport"])
+		return strings.ToUpper(v), ok
+	case "@verdict":
+		v := cefVerdict(action, ev)
+		return v, v != ""
+	case "@outcome":
+		// success or failure; an unknown outcome (the alerts, shadow
+		// decisions) is left out rather than sent as a third word.
+		o, _ := ev["event.outcome"].(string)
+		return o, o == event.OutcomeSuccess || o == event.OutcomeFailure
+	case "@zone":
+		// The source's zone: observer.ingress.zone, or kmsproxy.zone (the
+		// same value) on an event without it.
+		if z, ok := scalarText(ev["observer.ingress.zone"]); ok {
+			return z, true
+		}
+		return scalarText(ev["kmsproxy.zone"])
+	case "@start", "@end":
+		// A connection's span (connection-closed): end is the event's
+		// time, start that less event.duration (nanoseconds); epoch ms.
+		v, _ := scalarText(ev["event.duration"])
+		d, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || d < 0 {
+			return "", false
+		}
+		if field == "@start" {
+			t = t.Add(-time.Duration(d))
+		}
+		return strconv.FormatInt(t.UnixMilli(), 10), true
+	}
+	return scalarText(ev[field])
+}
+
+// Verdicts: the CEF act values. ASIM's generic CEF parser for
+// NetworkSession maps exactly these words to DvcAction Allow, Deny and
+// Drop (and derives EventResult Success from Allow alone); none of
+// kmsproxy's action names is one of its words.
+const (
+	verdictAllow = "allow" // the traffic went through
+	verdictDeny  = "deny"  // refused with an answer: bind_nak or fault, then the close
+	verdictDrop  = "drop"  // refused by closing the connection without an answer
+)
+
+// cefVerdict is an event's act: what the proxy did with the traffic the
+// event is about, "" for the events that decide no traffic (config
+// events, log-events-dropped, process messages), which carry no act.
+func cefVerdict(action string, ev map[string]any) string {
+	switch action {
+	// The allowed path; connection-closed ends a connection that was let
+	// in, and the alerts only report: the activation went on.
+	case event.ActionConnectionAccepted, event.ActionBindAllowed, event.ActionKMSActivation,
+		event.ActionConnectionClosed, event.ActionKMSDuplicateCMID, event.ActionKMSClockSkew:
+		return verdictAllow
+	case event.ActionBindRefused, event.ActionRequestRefused, event.ActionRateLimited:
+		// kmsproxy.on_deny says what the client got; reject is on_deny's
+		// default.
+		if ev["kmsproxy.on_deny"] == "drop" {
+			return verdictDrop
+		}
+		return verdictDeny
+	case event.ActionUpstreamUnavailable: // bind_nak "temporary congestion", whatever on_deny says
+		return verdictDeny
+	case event.ActionConnectionRefused, // closed at accept, nothing read
+		event.ActionProtocolViolation: // closed without an answer
+		return verdictDrop
+	case event.ActionShadowDecision:
+		// What the live policy did; the candidate's verdict is in the JSON.
+		switch v := ev["kmsproxy.live.verdict"]; v {
+		case verdictAllow, verdictDeny:
+			return v.(string)
+		}
+	}
+	return ""
+}
+
+// cefSeverity is the CEF severity (0-10: 0-3 Low, 4-6 Medium, 7-8 High,
+// 9-10 Very-High) of each action; a process message follows its level.
 var cefSeverity = map[string]int{
+	event.ActionConnectionAccepted:  1,
+	event.ActionBindAllowed:         1,
+	event.ActionConnectionClosed:    1,
+	event.ActionKMSActivation:       3,
+	event.ActionShadowDecision:      3,
+	event.ActionConfigReloaded:      3,
 	event.ActionConnectionRefused:   5,
 	event.ActionBindRefused:         5,
 	event.ActionRequestRefused:      5,
 	event.ActionRateLimited:         5,
-	event.ActionProtocolViolation:   6,
-	event.ActionKMSClockSkew:        6,
+	event.ActionKMSClockSkew:        5,
+	event.ActionPolicyAllowsNothing: 6,
 	event.ActionLogEventsDropped:    6,
+	event.ActionProtocolViolation:   7,
 	event.ActionUpstreamUnavailable: 7,
 	event.ActionConfigReloadFailed:  7,
 	event.ActionKMSDuplicateCMID:    8,
@@ -110,23 +211,24 @@ func (f *syslogFormatter) appendCEF(dst []byte, e *syslogEntry, ev map[string]an
 	dst = append(dst, " dvchost="...)
 	dst = appendCEFValue(dst, f.hostname)
 	for _, m := range cefFields {
-		v, ok := scalarText(ev[m.field])
-		if !ok || v == "" {
-			continue
+		if v, ok := cefValue(m.field, action, ev, t); ok && v != "" {
+			dst = appendCEFPair(dst, m.key, v, m.label)
 		}
-		if m.key == "proto" {
-			v = strings.ToUpper(v)
-		}
+	}
+	return dst
+}
+
+// appendCEFPair appends " key=value" and, with a label, " keyLabel=label".
+func appendCEFPair(dst []byte, key, value, label string) []byte {
+	dst = append(dst, ' ')
+	dst = append(dst, key...)
+	dst = append(dst, '=')
+	dst = appendCEFValue(dst, value)
+	if label != "" {
 		dst = append(dst, ' ')
-		dst = append(dst, m.key...)
-		dst = append(dst, '=')
-		dst = appendCEFValue(dst, v)
-		if m.label != "" {
-			dst = append(dst, ' ')
-			dst = append(dst, m.key...)
-			dst = append(dst, "Label="...)
-			dst = appendCEFValue(dst, m.label)
-		}
+		dst = append(dst, key...)
+		dst = append(dst, "Label="...)
+		dst = appendCEFValue(dst, label)
 	}
 	return dst
 }

@@ -471,7 +471,9 @@ func LogDrops(log *zap.Logger, d Drops) {
 	f := []zap.Field{
 		zap.String("event.kind", "pipeline_error"),
 		event.Category,
-		zap.Strings("event.type", []string{"error"}),
+		// A failure is event.outcome; for the network category ECS has
+		// no "error" type, and info is what this event is.
+		zap.Strings("event.type", []string{"info"}),
 		zap.String("event.action", event.ActionLogEventsDropped),
 		zap.String("event.outcome", "failure"),
 		zap.String("event.reason", dropReason(d)),

@@ -176,12 +176,123 @@ func TestCEFMessage(t *testing.T) {
 	got := string(testFormatter(true).format(nil, &e, false))
 	want := `<134>1 2025-03-09T13:07:05.123456Z gw1 kmsproxy 4242 bind-refused - ` +
 		`CEF:0|kmsproxy|kmsproxy|1.2.3|bind-refused|bind-refused|5|rt=1741525625123 dvchost=gw1` +
-		` src=192.0.2.7 spt=50123 dst=192.0.2.1 dpt=1688 proto=TCP app=dcerpc act=bind-refused outcome=failure` +
-		` reason=interface-not-allowed cat=event cs1=we"ird]\\rule cs1Label=rule.name cs2=dmz cs2Label=kmsproxy.zone` +
-		` cs3=samr cs3Label=dcerpc.interface.name cs4=1:abc\= cs4Label=network.community_id` +
+		` src=192.0.2.7 spt=50123 dst=192.0.2.1 dpt=1688 proto=TCP app=dcerpc act=deny outcome=failure` +
+		` reason=interface-not-allowed cat=event destinationServiceName=samr cs1=we"ird]\\rule cs1Label=rule.name` +
+		` cs2=dmz cs2Label=kmsproxy.zone cs3=bind-refused cs3Label=event.action cs4=1:abc\= cs4Label=network.community_id` +
 		` cn1=0 cn1Label=dcerpc.opnum cn2=7 cn2Label=kmsproxy.connection_id`
 	if got != want {
 		t.Fatalf("CEF\n got %s\nwant %s", got, want)
+	}
+}
+
+// cefOf formats one event as CEF and returns the extension keys and the
+// header fields, split the simple way (the values here hold no escapes).
+func cefOf(t *testing.T, level zapcore.Level, js string) (map[string]string, []string) {
+	t.Helper()
+	e := syslogEntry{level: level, time: testTime, json: []byte(js)}
+	msg := string(testFormatter(true).format(nil, &e, false))
+	_, rec, ok := strings.Cut(msg, " - CEF:")
+	if !ok {
+		t.Fatalf("no CEF record in %s", msg)
+	}
+	head := strings.SplitN(rec, "|", 8)
+	if len(head) != 8 {
+		t.Fatalf("CEF header %q", rec)
+	}
+	ext := map[string]string{}
+	for _, kv := range strings.Fields(head[7]) {
+		k, v, _ := strings.Cut(kv, "=")
+		ext[k] = v
+	}
+	return ext, head[:7]
+}
+
+// Every action's act and severity, from the table docs/siem-sentinel.md
+// gives, not from cef.go's.
+func TestCEFVerdictAndSeverityPerAction(t *testing.T) {
+	for _, c := range []struct {
+		action, extra, act string
+		sev                int
+	}{
+		{event.ActionConnectionAccepted, ``, "allow", 1},
+		{event.ActionBindAllowed, ``, "allow", 1},
+		{event.ActionConnectionClosed, ``, "allow", 1},
+		{event.ActionKMSActivation, ``, "allow", 3},
+		{event.ActionKMSActivation, `,"event.outcome":"failure","kmsproxy.kms_result":"refused-by-host"`, "allow", 3},
+		{event.ActionKMSDuplicateCMID, ``, "allow", 8},
+		{event.ActionKMSClockSkew, ``, "allow", 5},
+		{event.ActionBindRefused, `,"kmsproxy.on_deny":"reject"`, "deny", 5},
+		{event.ActionBindRefused, `,"kmsproxy.on_deny":"drop"`, "drop", 5},
+		{event.ActionBindRefused, ``, "deny", 5}, // from a proxy before kmsproxy.on_deny
+		{event.ActionRequestRefused, `,"kmsproxy.on_deny":"reject"`, "deny", 5},
+		{event.ActionRequestRefused, `,"kmsproxy.on_deny":"drop"`, "drop", 5},
+		{event.ActionRateLimited, `,"kmsproxy.on_deny":"reject"`, "deny", 5},
+		{event.ActionRateLimited, `,"kmsproxy.on_deny":"drop"`, "drop", 5},
+		{event.ActionConnectionRefused, ``, "drop", 5},
+		{event.ActionProtocolViolation, ``, "drop", 7},
+		{event.ActionUpstreamUnavailable, ``, "deny", 7},
+		{event.ActionShadowDecision, `,"kmsproxy.live.verdict":"allow","kmsproxy.shadow.verdict":"deny"`, "allow", 3},
+		{event.ActionShadowDecision, `,"kmsproxy.live.verdict":"deny","kmsproxy.shadow.verdict":"allow"`, "deny", 3},
+		{event.ActionShadowDecision, `,"kmsproxy.live.verdict":"maybe"`, "", 3},
+		{event.ActionConfigReloaded, ``, "", 3},
+		{event.ActionConfigReloadFailed, ``, "", 7},
+		{event.ActionPolicyAllowsNothing, ``, "", 6},
+		{event.ActionLogEventsDropped, ``, "", 6},
+	} {
+		ext, head := cefOf(t, zapcore.InfoLevel, `{"message":"m","event.action":"`+c.action+`"`+c.extra+`}`)
+		if got, ok := ext["act"]; got != c.act || ok != (c.act != "") {
+			t.Errorf("%s%s: act=%q (present %v), want %q", c.action, c.extra, got, ok, c.act)
+		}
+		if head[4] != c.action || ext["cs3"] != c.action || ext["cs3Label"] != "event.action" {
+			t.Errorf("%s: signature ID %q, cs3=%q cs3Label=%q", c.action, head[4], ext["cs3"], ext["cs3Label"])
+		}
+		if head[6] != strconv.Itoa(c.sev) {
+			t.Errorf("%s: severity %s, want %d", c.action, head[6], c.sev)
+		}
+	}
+	// A process message has no action: signature "log", no act, the
+	// severity of its level.
+	for l, sev := range map[zapcore.Level]string{zapcore.DebugLevel: "1", zapcore.InfoLevel: "3", zapcore.WarnLevel: "6", zapcore.ErrorLevel: "8"} {
+		ext, head := cefOf(t, l, `{"message":"kmsproxy listening"}`)
+		if head[4] != "log" || head[6] != sev || ext["act"] != "" || ext["cs3"] != "" {
+			t.Errorf("%v process message: header %q, ext %v", l, head, ext)
+		}
+	}
+}
+
+func TestCEFDerivedKeys(t *testing.T) {
+	// outcome: success and failure only.
+	for o, want := range map[string]string{"success": "success", "failure": "failure", "unknown": "", "": ""} {
+		ext, _ := cefOf(t, zapcore.InfoLevel, `{"event.action":"kms-clock-skew","event.outcome":"`+o+`"}`)
+		if ext["outcome"] != want {
+			t.Errorf("event.outcome %q: outcome=%q, want %q", o, ext["outcome"], want)
+		}
+	}
+	// cs2: observer.ingress.zone when the event has it, else kmsproxy.zone;
+	// a source in no zone has no cs2.
+	for _, c := range []struct{ js, want string }{
+		{`"kmsproxy.zone":"dmz"`, "dmz"},
+		{`"kmsproxy.zone":"dmz","observer.ingress.zone":"dmz"`, "dmz"},
+		{`"observer.ingress.zone":"office"`, "office"},
+		{`"kmsproxy.zone":"","observer.ingress.zone":""`, ""},
+	} {
+		ext, _ := cefOf(t, zapcore.InfoLevel, `{"event.action":"connection-refused",`+c.js+`}`)
+		if ext["cs2"] != c.want || (c.want != "") != (ext["cs2Label"] == "kmsproxy.zone") {
+			t.Errorf("%s: cs2=%q cs2Label=%q, want %q", c.js, ext["cs2"], ext["cs2Label"], c.want)
+		}
+	}
+	// start and end: the connection's span from event.duration (ns).
+	ext, _ := cefOf(t, zapcore.InfoLevel, `{"event.action":"connection-closed","event.duration":2500000000,`+
+		`"source.bytes":524,"destination.bytes":464,"error.message":"a=b\nc"}`)
+	end := testTime.UnixMilli()
+	if ext["end"] != strconv.FormatInt(end, 10) || ext["start"] != strconv.FormatInt(end-2500, 10) {
+		t.Errorf("start=%s end=%s, want %d and %d", ext["start"], ext["end"], end-2500, end)
+	}
+	if ext["in"] != "524" || ext["out"] != "464" || ext["msg"] != `a\=b\nc` {
+		t.Errorf("in=%s out=%s msg=%s", ext["in"], ext["out"], ext["msg"])
+	}
+	if ext, _ := cefOf(t, zapcore.InfoLevel, `{"event.action":"kms-activation"}`); ext["start"] != "" || ext["end"] != "" {
+		t.Errorf("start/end without event.duration: %v", ext)
 	}
 }
 

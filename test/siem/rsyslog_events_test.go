@@ -205,10 +205,11 @@ func checkCEF(t *testing.T, m *syslogMsg, ev map[string]any) {
 	}
 	for key, field := range map[string]string{
 		"src": "source.ip", "spt": "source.port", "dst": "destination.ip", "dpt": "destination.port",
-		"act": "event.action", "outcome": "event.outcome", "reason": "event.reason", "app": "network.protocol",
-		"cs1": "rule.name", "cs2": "kmsproxy.zone", "cs3": "dcerpc.interface.name", "cs4": "network.community_id",
+		"reason": "event.reason", "app": "network.protocol", "cat": "event.kind",
+		"cs1": "rule.name", "cs2": "kmsproxy.zone", "cs3": "event.action", "cs4": "network.community_id",
 		"cs5": "kms.client_machine_id", "cs6": "kms.application", "cn1": "dcerpc.opnum", "cn2": "kmsproxy.connection_id",
 		"cn3": "kms.version", "in": "source.bytes", "out": "destination.bytes", "shost": "kms.workstation",
+		"destinationServiceName": "dcerpc.interface.name", "msg": "error.message",
 		"flexString1": "kms.sku", "flexString2": "kmsproxy.kms_result",
 	} {
 		if got, want := r.Ext[key], scalar(ev[field]); got != want {
@@ -217,6 +218,12 @@ func checkCEF(t *testing.T, m *syslogMsg, ev map[string]any) {
 		if label, ok := r.Ext[key+"Label"]; ok && label != field {
 			t.Errorf("%sLabel=%q, want %q", key, label, field)
 		}
+	}
+	if o := str(ev["event.outcome"]); (o == "success" || o == "failure") && r.Ext["outcome"] != o || o == "unknown" && r.Ext["outcome"] != "" {
+		t.Errorf("%s: outcome=%q, event.outcome %q", action, r.Ext["outcome"], o)
+	}
+	if want := wantVerdict(action, ev); r.Ext["act"] != want {
+		t.Errorf("%s: act=%q, want %q", action, r.Ext["act"], want)
 	}
 	if ev["network.transport"] == "tcp" && r.Ext["proto"] != "TCP" {
 		t.Errorf("proto %q", r.Ext["proto"])
