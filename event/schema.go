@@ -114,6 +114,9 @@ var eventTypes = map[string][]string{
 	ActionKMSClockSkew:        {"indicator", "info"},
 	ActionRateLimited:         {"protocol", "denied"},
 	ActionPolicyAllowsNothing: {"info"},
+	// The DNS responder's (event/dns.go): an answer from its zones, a refusal.
+	ActionDNSQuery:   {"protocol", "allowed"},
+	ActionDNSRefused: {"protocol", "denied"},
 }
 
 // Category is the event.category of every event but the configuration
