@@ -18,7 +18,8 @@ import (
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
-// The SIEM content (event/syslog's CEF records) is tested against events real proxies write: one
+// The SIEM content (event/syslog's CEF records, deploy/siem/splunk) is
+// tested against events real proxies write: one
 // run drives every action, and each test below reads the first event of
 // each action, as stdout JSON and as the CEF record rsyslog received.
 //
@@ -40,6 +41,7 @@ var contentActions = append(append([]string{}, allActions...), event.ActionPolic
 // event of that action and the CEF line rsyslog received for it.
 type recording struct {
 	json map[string]map[string]any
+	raw  map[string]string // the stdout line of json
 	cef  map[string]string
 }
 
@@ -57,7 +59,7 @@ const cefHostname = "kmsproxy-gw"
 // on_deny: drop.
 func recordEveryAction(t *testing.T) *recording {
 	rs := startRsyslog(t)
-	rec := &recording{json: map[string]map[string]any{}, cef: map[string]string{}}
+	rec := &recording{json: map[string]map[string]any{}, raw: map[string]string{}, cef: map[string]string{}}
 	shadow := filepath.Join(t.TempDir(), "candidate.yaml")
 	if err := os.WriteFile(shadow, []byte(shadowConfig), 0o600); err != nil {
 		t.Fatal(err)
@@ -188,11 +190,17 @@ func refusedRequest(t *testing.T, e *fixture.Env, src string, answered bool) {
 	cl.ExpectClosed(5 * time.Second)
 }
 
-// stdoutEvents decodes a proxy's stdout, numbers kept as written.
-func stdoutEvents(t *testing.T, e *fixture.Env) []map[string]any {
-	var out []map[string]any
+// stdoutEvent is one line of a proxy's stdout, decoded with its numbers
+// kept as written.
+type stdoutEvent struct {
+	line string
+	ev   map[string]any
+}
+
+func stdoutEvents(t *testing.T, e *fixture.Env) []stdoutEvent {
+	var out []stdoutEvent
 	for _, l := range stdoutLines(e) {
-		out = append(out, decodeJSON(t, l))
+		out = append(out, stdoutEvent{l, decodeJSON(t, l)})
 	}
 	return out
 }
@@ -232,12 +240,12 @@ func (r *rsyslog) waitFirsts(t *testing.T, skip int, actions []string) map[strin
 
 // add records the first stdout event of each action of cef, under the
 // action's name and suffix.
-func (rec *recording) add(t *testing.T, suffix string, events []map[string]any, cef map[string]string) {
+func (rec *recording) add(t *testing.T, suffix string, events []stdoutEvent, cef map[string]string) {
 	t.Helper()
 	for a, line := range cef {
-		for _, ev := range events {
-			if ev["event.action"] == a {
-				rec.json[a+suffix], rec.cef[a+suffix] = ev, line
+		for _, e := range events {
+			if e.ev["event.action"] == a {
+				rec.json[a+suffix], rec.raw[a+suffix], rec.cef[a+suffix] = e.ev, e.line, line
 				break
 			}
 		}
@@ -249,6 +257,7 @@ func (rec *recording) add(t *testing.T, suffix string, events []map[string]any, 
 func TestSIEMContent(t *testing.T) {
 	rec := recordEveryAction(t)
 	t.Run("cef-golden", func(t *testing.T) { testCEFGolden(t, rec) })
+	t.Run("splunk", func(t *testing.T) { testSplunk(t, rec) })
 }
 
 // Normalising a CEF line: what changes from run to run (times, the
