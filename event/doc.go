@@ -4,7 +4,7 @@
 // Prometheus series that count them, and one Emitter that logs a decision
 // and counts it in the same call.
 //
-//	log, _ := event.NewLogger(cfg.Log.Level, cfg.Log.Format, os.Stdout)
+//	log, _ := event.NewLoggerWith(event.LoggerOptions{Level: cfg.Log.Level, Format: cfg.Log.Format, Version: version, Out: os.Stdout})
 //	m := event.NewMetrics()
 //	em := event.NewEmitter(log, m).With(event.ConnFields(id, src, dst, zone)...)
 //
@@ -13,6 +13,13 @@
 //	em.Decision(zap.WarnLevel, "protocol violation", ev) // one event, one kmsproxy_decisions_total{action, reason}
 //
 //	em.Log(zap.InfoLevel, "connection closed", event.New(event.ActionConnectionClosed, event.OutcomeSuccess, ""))
+//
+// Every event follows ECS 8.11 (ECSVersion): its event.kind,
+// event.category and event.type are values ECS allows together, and the
+// logger puts the fields every event shares on each line once (observer.*
+// naming kmsproxy, event.module and event.dataset, data_stream.* for
+// logs-kmsproxy.events-default). test/ecs holds the ECS table and checks
+// every event the tests produce against it.
 //
 // Action, field and metric names are what SIEM searches, parsers and
 // dashboards key on: never rename one. Label values come from fixed token

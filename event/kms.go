@@ -31,10 +31,22 @@ func AppendKMSRequest(f []zap.Field, req *kms.Request, decodeErr error) []zap.Fi
 		zap.String("kms.client_machine_id", r.CMID.String()),
 		zap.String("kms.workstation", r.Workstation()),
 		zap.String("kms.license_status", kms.LicenseStatusName(r.LicenseStatus)),
-		zap.Time("kms.client_time", r.Time()),
+		ClientTime(r),
 		zap.Uint32("kms.required_count", r.RequiredCount),
 		zap.Bool("kms.virtual_machine", r.VMInfo == 1),
 	)
+}
+
+// ClientTime is the request's client time as kms.client_time, or, when
+// the FILETIME is no date RFC 3339 can write (a year before 1 or after
+// 9999, which a client may send and Elasticsearch would refuse the whole
+// event for), as kms.client_filetime: the FILETIME's 64 bits in hex.
+func ClientTime(r *kms.Request) zap.Field {
+	t := r.Time()
+	if y := t.Year(); y < 1 || y > 9999 {
+		return zap.String("kms.client_filetime", "0x"+strconv.FormatUint(r.ClientTime, 16))
+	}
+	return zap.Time("kms.client_time", t)
 }
 
 // nameOr is a known ID's name, else its GUID text: an event always says

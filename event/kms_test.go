@@ -2,6 +2,7 @@ package event
 
 import (
 	"regexp"
+	"strconv"
 	"testing"
 
 	"go.uber.org/zap"
@@ -85,5 +86,22 @@ func TestKMSUnknownIDsRenderedAsGUID(t *testing.T) {
 	}
 	if l := ApplicationLabel(&known, nil); l != "windows" {
 		t.Errorf("application label for Windows = %q", l)
+	}
+}
+
+// A client time RFC 3339 can write is kms.client_time; one it cannot (a
+// FILETIME far past year 9999, or one that wraps before year 1) is the
+// raw FILETIME, so the event is still indexable.
+func TestClientTimeOutOfRange(t *testing.T) {
+	r := kmsgen.NewRequest(6)
+	if got := fieldMap([]zap.Field{ClientTime(&r)}); len(got) != 1 || got["kms.client_time"] == nil {
+		t.Errorf("a real client time: %v", got)
+	}
+	for _, ft := range []uint64{0x8000_0000_0000_0000, 0x7fff_ffff_ffff_ffff, 0xc000_0000_0000_0000} {
+		r.ClientTime = ft
+		got := fieldMap([]zap.Field{ClientTime(&r)})
+		if want := "0x" + strconv.FormatUint(ft, 16); got["kms.client_filetime"] != want || len(got) != 1 {
+			t.Errorf("FILETIME %#x: %v, want kms.client_filetime %s", ft, got, want)
+		}
 	}
 }

@@ -96,32 +96,79 @@ const (
 	KMSResultRefused        = "refused" // by the proxy's policy; metric only
 )
 
-// eventTypes are the ECS event.type values for each action.
-var eventTypes = map[string][]string{
-	ActionConnectionAccepted:  {"connection", "start", "allowed"},
-	ActionConnectionRefused:   {"connection", "denied"},
-	ActionBindAllowed:         {"protocol", "allowed"},
-	ActionBindRefused:         {"protocol", "denied"},
-	ActionRequestRefused:      {"protocol", "denied"},
-	ActionKMSActivation:       {"protocol", "info"},
-	ActionProtocolViolation:   {"protocol", "denied"},
-	ActionUpstreamUnavailable: {"connection", "error"},
-	ActionConnectionClosed:    {"connection", "end"},
-	ActionConfigReloaded:      {"change"},
-	ActionConfigReloadFailed:  {"change", "error"},
-	ActionShadowDecision:      {"info"},
-	ActionKMSDuplicateCMID:    {"indicator", "info"},
-	ActionKMSClockSkew:        {"indicator", "info"},
-	ActionRateLimited:         {"protocol", "denied"},
-	ActionPolicyAllowsNothing: {"info"},
-	// The DNS responder's (event/dns.go): an answer from its zones, a refusal.
-	ActionDNSQuery:   {"protocol", "allowed"},
-	ActionDNSRefused: {"protocol", "denied"},
+// Actions lists every action in the order the documentation gives them:
+// the event.action values of DESIGN's Events and the two warnings
+// (policy-allows-nothing, log-events-dropped). The SIEM content (the
+// Elastic samples, one per action) is checked against it.
+var Actions = []string{
+	ActionConnectionAccepted, ActionConnectionRefused, ActionBindAllowed, ActionBindRefused,
+	ActionRequestRefused, ActionKMSActivation, ActionProtocolViolation, ActionUpstreamUnavailable,
+	ActionConnectionClosed, ActionConfigReloaded, ActionConfigReloadFailed, ActionShadowDecision,
+	ActionKMSDuplicateCMID, ActionKMSClockSkew, ActionRateLimited, ActionPolicyAllowsNothing,
+	ActionLogEventsDropped,
 }
 
-// Category is the event.category of every event but the configuration
-// ones.
-var Category = zap.Strings("event.category", []string{"network"})
+// The ECS categorization of each action: event.kind, event.category and
+// event.type, following ECS 8.11's categorization tables, where every
+// event.type is one ECS expects for each of the event's categories
+// (network: access, allowed, connection, denied, end, info, protocol,
+// start; configuration: access, change, creation, deletion, info;
+// intrusion_detection: allowed, denied, info). test/ecs holds those
+// tables and checks every event the tests produce against them.
+//
+//   - A failure is event.outcome: failure, never an event.type (ECS has
+//     "error" for the database and web categories only): upstream-unavailable
+//     is a connection that failed, config-reload-failed a change that failed.
+//   - The alerts only report (the activation went on): network and
+//     intrusion_detection, info. ECS's "indicator" belongs to the threat
+//     category, for threat intelligence, which these are not.
+//   - Config events are configuration alone: network expects no change.
+//   - kms-activation is the call the proxy let through (allowed; the
+//     host's answer is event.outcome): under log.allowed: summary it is the
+//     only allowed event a connection writes besides connection-closed.
+var categorizations = map[string]categorization{
+	ActionConnectionAccepted:  categorize(kindEvent, catNetwork, "connection", "start", "allowed"),
+	ActionConnectionRefused:   categorize(kindEvent, catNetwork, "connection", "denied"),
+	ActionBindAllowed:         categorize(kindEvent, catNetwork, "protocol", "allowed"),
+	ActionBindRefused:         categorize(kindEvent, catNetwork, "protocol", "denied"),
+	ActionRequestRefused:      categorize(kindEvent, catNetwork, "protocol", "denied"),
+	ActionKMSActivation:       categorize(kindEvent, catNetwork, "protocol", "allowed"),
+	ActionProtocolViolation:   categorize(kindEvent, catNetwork, "protocol", "denied"),
+	ActionUpstreamUnavailable: categorize(kindEvent, catNetwork, "connection"),
+	ActionConnectionClosed:    categorize(kindEvent, catNetwork, "connection", "end"),
+	ActionConfigReloaded:      categorize(kindEvent, catConfiguration, "change"),
+	ActionConfigReloadFailed:  categorize(kindEvent, catConfiguration, "change"),
+	ActionShadowDecision:      categorize(kindEvent, catNetwork, "info"),
+	ActionKMSDuplicateCMID:    categorize(kindAlert, catNetworkIDS, "info"),
+	ActionKMSClockSkew:        categorize(kindAlert, catNetworkIDS, "info"),
+	ActionRateLimited:         categorize(kindEvent, catNetwork, "protocol", "denied"),
+	ActionPolicyAllowsNothing: categorize(kindEvent, catConfiguration, "info"),
+	// The syslog sink's own warning: a gap in what the collector got.
+	ActionLogEventsDropped: categorize(kindPipelineError, catNetwork, "info"),
+}
+
+const (
+	kindEvent         = "event"
+	kindAlert         = "alert"
+	kindPipelineError = "pipeline_error"
+)
+
+var (
+	catNetwork       = []string{"network"}
+	catConfiguration = []string{"configuration"}
+	catNetworkIDS    = []string{"network", "intrusion_detection"}
+)
+
+// categorization holds an action's first three fields built once, so an
+// event's categorization costs no allocation.
+type categorization struct{ kind, category, typ zap.Field }
+
+func categorize(kind string, category []string, types ...string) categorization {
+	return categorization{zap.String("event.kind", kind), zap.Strings("event.category", category), zap.Strings("event.type", types)}
+}
+
+// Category is the event.category of the network events.
+var Category = zap.Strings("event.category", catNetwork)
 
 // fieldsCap is how many fields an action's event carries at most, so
 // building one allocates its slice once and never regrows it, yet small
@@ -133,24 +180,27 @@ func fieldsCap(action string) int {
 	case ActionBindAllowed, ActionBindRefused, ActionRequestRefused, ActionRateLimited, ActionShadowDecision:
 		return 24
 	}
-	return 16
+	return 18 // connection-refused: 6 + the connection's 10 + rule.name
 }
 
 // Fields returns the fields every event carries besides the connection's
 // own: event.kind, event.category, event.type, event.action,
 // event.outcome (always at index 4) and event.reason when there is one.
+// The fields every event shares whatever its action (observer.*,
+// event.module, event.dataset, data_stream.*) are the logger's
+// (NewLogger).
 func Fields(action, outcome, reason string) []zap.Field {
-	kind := "event"
-	if action == ActionKMSDuplicateCMID || action == ActionKMSClockSkew {
-		kind = "alert"
+	c, ok := categorizations[action]
+	if !ok {
+		// Not an action of ours: no categorization rather than a wrong one
+		// (test/ecs fails such an event).
+		c = categorization{kind: zap.String("event.kind", kindEvent), category: zap.Skip(), typ: zap.Skip()}
 	}
-	// Sized for the largest event (kms-activation), so building one never
-	// regrows the slice.
 	f := make([]zap.Field, 0, fieldsCap(action))
 	f = append(f,
-		zap.String("event.kind", kind),
-		Category,
-		zap.Strings("event.type", eventTypes[action]),
+		c.kind,
+		c.category,
+		c.typ,
 		zap.String("event.action", action),
 		zap.String("event.outcome", outcome),
 	)
@@ -160,15 +210,18 @@ func Fields(action, outcome, reason string) []zap.Field {
 	return f
 }
 
-// configFields are a configuration event's: its category adds
-// configuration, and it says when the config was loaded.
+// configFields are a configuration event's: it also says when the config
+// was loaded.
 func configFields(action, outcome, reason string) []zap.Field {
-	f := Fields(action, outcome, reason)
-	f[1] = zap.Strings("event.category", []string{"network", "configuration"})
-	return append(f, zap.Time("kmsproxy.config.loaded_at", time.Now()))
+	return append(Fields(action, outcome, reason), zap.Time("kmsproxy.config.loaded_at", time.Now()))
 }
 
 // ConnFields are the fields of a client connection, on each of its events.
+// The source's zone is both kmsproxy.zone (what existing searches use) and
+// observer.ingress.zone (ECS's name for the zone traffic entered the
+// observer from), the same value, "" for a source in no zone. There is no
+// observer.egress.zone: the KMS hosts are upstreams, not a zone of the
+// policy, so there is nothing honest to put there.
 func ConnFields(id uint64, src, dst netip.AddrPort, zone string) []zap.Field {
 	return []zap.Field{
 		zap.String("source.ip", src.Addr().String()),
@@ -180,6 +233,7 @@ func ConnFields(id uint64, src, dst netip.AddrPort, zone string) []zap.Field {
 		zap.String("network.community_id", CommunityID(src, dst)),
 		zap.Uint64("kmsproxy.connection_id", id),
 		zap.String("kmsproxy.zone", zone),
+		zap.String("observer.ingress.zone", zone),
 	}
 }
 

@@ -48,7 +48,7 @@ func (w *Watch) Observe(em event.Emitter, cfg config.KMSWatch, src netip.Addr, r
 		ev := event.New(event.ActionKMSClockSkew, event.OutcomeUnknown, event.ReasonClockSkew)
 		ev.Add(zap.String("rule.name", rule), zap.Duration("kms.clock_skew", skew),
 			zap.String("kms.client_machine_id", r.CMID.String()), zap.String("kms.workstation", r.Workstation()),
-			zap.Time("kms.client_time", r.Time()))
+			event.ClientTime(r))
 		em.Decision(zap.WarnLevel, event.ActionKMSClockSkew, ev)
 	}
 	if cfg.MaxTracked <= 0 {

@@ -37,8 +37,11 @@ func (s *Server) Reload(path string) error {
 	}
 	old := s.rt.Load()
 	if old != nil && old.Config.Listen != cfg.Listen {
+		// listen_current, not listen.current: kmsproxy.listen is a keyword
+		// (the listening message's), which Elasticsearch cannot also map
+		// as an object.
 		s.log.Warn("listen address changes need a restart; keeping the current listener",
-			zap.String("kmsproxy.listen.current", old.Config.Listen), zap.String("kmsproxy.listen.new", cfg.Listen))
+			zap.String("kmsproxy.listen_current", old.Config.Listen), zap.String("kmsproxy.listen_new", cfg.Listen))
 	}
 	s.rt.Store(rt)
 	ev := event.NewConfig(event.ActionConfigReloaded, event.OutcomeSuccess, "")

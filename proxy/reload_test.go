@@ -131,7 +131,7 @@ func TestPolicyAllowsNothingWarned(t *testing.T) {
 			t.Errorf("%s = %#v, want %#v", k, f[k], want)
 		}
 	}
-	if got := f["event.category"]; !equalStrings(got, "network", "configuration") {
+	if got := f["event.category"]; !equalStrings(got, "configuration") {
 		t.Errorf("event.category %v", got)
 	}
 	if got := f["event.type"]; !equalStrings(got, "info") {

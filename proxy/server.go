@@ -218,7 +218,7 @@ func (s *Server) Serve(ln net.Listener) error {
 				// back off rather than spin.
 				backoff = min(max(backoff*2, 5*time.Millisecond), time.Second)
 				ev := event.New(event.ActionConnectionRefused, event.OutcomeFailure, event.ReasonFDBudget)
-				ev.Add(zap.Error(err), zap.Duration("kmsproxy.backoff", backoff))
+				ev.Add(zap.String("error.message", err.Error()), zap.Duration("kmsproxy.backoff", backoff))
 				s.emit.Decision(zap.WarnLevel, "accept failed; backing off", ev)
 				time.Sleep(backoff)
 				continue

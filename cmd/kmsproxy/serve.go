@@ -108,7 +108,7 @@ func serve(path string) error {
 	// stdoutFlushInterval (and on exit): one write per batch, not per event.
 	stdout := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(os.Stdout), Size: stdoutBufferSize, FlushInterval: stdoutFlushInterval}
 	defer stdout.Stop()
-	log, err := event.NewLogger(cfg.Log.Level, cfg.Log.Format, stdout, extra...)
+	log, err := event.NewLoggerWith(event.LoggerOptions{Level: cfg.Log.Level, Format: cfg.Log.Format, Version: version, Out: stdout, Extra: extra})
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kmsproxy/kmsproxy/rpcparse"
+	"github.com/kmsproxy/kmsproxy/test/ecs"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
@@ -94,6 +95,7 @@ func startProcessOnce(t *testing.T, host *fixture.Host, cfgText string) (p *proc
 	exited := make(chan struct{})
 	p.exited = exited
 	go func() { p.waitErr = p.cmd.Wait(); close(exited) }()
+	checkProcessEvents(t, p.out) // after the kill below: every line it wrote
 	t.Cleanup(func() { p.cmd.Process.Kill(); <-exited })
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -114,6 +116,13 @@ func startProcessOnce(t *testing.T, host *fixture.Host, cfgText string) (p *proc
 	}
 	t.Fatalf("kmsproxy did not listen within 10s:\n%s", p.out.String())
 	return nil, false
+}
+
+// checkProcessEvents fails t, when it ends, with every event a kmsproxy
+// process wrote to out that is not valid against ECS (test/ecs). out holds
+// stderr too: lines that are not JSON are no events.
+func checkProcessEvents(t *testing.T, out *fixture.LogBuffer) {
+	t.Cleanup(func() { ecs.Check(t, "kmsproxy serve", out.String(), true) })
 }
 
 // waitEvent waits for an event with the action (or message) given.

@@ -161,6 +161,7 @@ func TestFileDescriptorBudget(t *testing.T) {
 	cmd := exec.Command("bash", "-c", `ulimit -n 52 && exec "$0" serve --config "$1"`, bin, cfgPath)
 	var stdout fixture.LogBuffer // written by the process while the test reads it
 	cmd.Stdout, cmd.Stderr = &stdout, &stdout
+	checkProcessEvents(t, &stdout)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
