@@ -132,6 +132,13 @@ func cefVerdict(action string, ev map[string]any) string {
 	case event.ActionConnectionRefused, // closed at accept, nothing read
 		event.ActionProtocolViolation: // closed without an answer
 		return verdictDrop
+	case event.ActionDNSQuery: // answered from the zones
+		return verdictAllow
+	case event.ActionDNSRefused: // REFUSED, FORMERR, NOTIMP or BADVERS; or no answer at all
+		if _, answered := ev["dns.response_code"]; answered {
+			return verdictDeny
+		}
+		return verdictDrop
 	case event.ActionShadowDecision:
 		// What the live policy did; the candidate's verdict is in the JSON.
 		switch v := ev["kmsproxy.live.verdict"]; v {
@@ -148,6 +155,7 @@ var cefSeverity = map[string]int{
 	event.ActionConnectionAccepted:  1,
 	event.ActionBindAllowed:         1,
 	event.ActionConnectionClosed:    1,
+	event.ActionDNSQuery:            1,
 	event.ActionKMSActivation:       3,
 	event.ActionShadowDecision:      3,
 	event.ActionConfigReloaded:      3,
@@ -156,6 +164,7 @@ var cefSeverity = map[string]int{
 	event.ActionRequestRefused:      5,
 	event.ActionRateLimited:         5,
 	event.ActionKMSClockSkew:        5,
+	event.ActionDNSRefused:          5,
 	event.ActionPolicyAllowsNothing: 6,
 	event.ActionLogEventsDropped:    6,
 	event.ActionProtocolViolation:   7,

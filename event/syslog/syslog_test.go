@@ -229,6 +229,9 @@ func TestCEFVerdictAndSeverityPerAction(t *testing.T) {
 		{event.ActionRateLimited, `,"kmsproxy.on_deny":"reject"`, "deny", 5},
 		{event.ActionRateLimited, `,"kmsproxy.on_deny":"drop"`, "drop", 5},
 		{event.ActionConnectionRefused, ``, "drop", 5},
+		{event.ActionDNSQuery, `,"dns.response_code":"NOERROR"`, "allow", 1},
+		{event.ActionDNSRefused, `,"dns.response_code":"REFUSED"`, "deny", 5},
+		{event.ActionDNSRefused, `,"event.reason":"dns-rate-limited"`, "drop", 5}, // dropped: no response code
 		{event.ActionProtocolViolation, ``, "drop", 7},
 		{event.ActionUpstreamUnavailable, ``, "deny", 7},
 		{event.ActionShadowDecision, `,"kmsproxy.live.verdict":"allow","kmsproxy.shadow.verdict":"deny"`, "allow", 3},
