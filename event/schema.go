@@ -145,6 +145,9 @@ var categorizations = map[string]categorization{
 	ActionPolicyAllowsNothing: categorize(kindEvent, catConfiguration, "info"),
 	// The syslog sink's own warning: a gap in what the collector got.
 	ActionLogEventsDropped: categorize(kindPipelineError, catNetwork, "info"),
+	// The DNS responder's (event/dns.go): an answer from its zones, a refusal.
+	ActionDNSQuery:   categorize(kindEvent, catNetwork, "protocol", "allowed"),
+	ActionDNSRefused: categorize(kindEvent, catNetwork, "protocol", "denied"),
 }
 
 const (
