@@ -17,6 +17,18 @@
 // on the KMS host. It cannot tell the proxy's refusals from the host's: a
 // KMS host that itself refuses SAMR passes, which is the truth from the
 // client's side.
+//
+// Discover is the same audit reached the way a client reaches it: it
+// resolves _vlmcs._tcp.<domain> (the SRV record KMS clients look up under
+// their DNS suffix) through the system resolver or a given one, resolves
+// each target's A and AAAA, and runs every check against each address.
+// It fails when the record is missing, a target does not resolve, an
+// address does not answer as a kmsproxy does (KMS refused, or something
+// else let through: a KMS host reached directly, not the proxy), or, with
+// DiscoverOptions.Expect, the record names other addresses.
+//
+//	d := probe.Discover(ctx, "dmz.example.com", probe.DiscoverOptions{Expect: []netip.AddrPort{proxy}})
+//	d.WriteTable(os.Stdout) // priority, weight, port, target, addresses; then each probe
 package probe
 
 import (

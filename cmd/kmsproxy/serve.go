@@ -146,6 +146,11 @@ func serve(path string) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
+	dnsSrv, err := startDNS(cfg, log, metrics) // nil unless dns.listen is set (dns.go)
+	if err != nil {
+		return fmt.Errorf("dns responder: %w", err)
+	}
+	defer dnsSrv.Close()
 	mgmt.SetListening(true)
 	log.Info("kmsproxy listening", zap.String("kmsproxy.listen", ln.Addr().String()),
 		zap.String("kmsproxy.management", mln.Addr().String()), zap.String("service.version", version),
@@ -173,6 +178,9 @@ func serve(path string) error {
 			case <-changed:
 			}
 			srv.Reload(path)
+			if err := dnsSrv.Apply(srv.Runtime().Config); err != nil {
+				log.Error("dns responder kept its zones", zap.Error(err))
+			}
 		}
 	}()
 
