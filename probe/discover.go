@@ -129,8 +129,11 @@ func lookupError(err error) string {
 		case de.IsNotFound:
 			return "no such record (" + de.Name + ")"
 		case de.IsTimeout:
-			return "no answer from the resolver (" + de.Server + ")"
+			return "no answer from the resolver"
+		case de.Err == "server misbehaving":
+			return "the resolver refused or failed the lookup of " + de.Name + " (REFUSED or SERVFAIL)"
 		}
+		return "lookup " + de.Name + ": " + de.Err // de.Server names resolv.conf's, even with --resolver
 	}
 	return err.Error()
 }
@@ -239,8 +242,9 @@ func ParseExpect(s string) (netip.AddrPort, error) {
 }
 
 // ResolverAt is a resolver that asks only addr (HOST:PORT, or HOST for
-// port 53), over UDP and TCP as Go's resolver chooses.
-func ResolverAt(addr string) (*net.Resolver, error) {
+// port 53), over UDP and TCP as Go's resolver chooses, from the local
+// address source ("" lets the system choose) as the probes do.
+func ResolverAt(addr, source string) (*net.Resolver, error) {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(strings.Trim(addr, "[]"), "53")
 	}
@@ -248,8 +252,19 @@ func ResolverAt(addr string) (*net.Resolver, error) {
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil || host == "" {
 		return nil, fmt.Errorf("--resolver %q: want HOST:PORT or HOST", addr)
 	}
+	var src net.IP
+	if source != "" {
+		if src = net.ParseIP(source); src == nil {
+			return nil, fmt.Errorf("--source %q: not an IP address", source)
+		}
+	}
 	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
+		if src != nil && strings.HasPrefix(network, "udp") {
+			d.LocalAddr = &net.UDPAddr{IP: src}
+		} else if src != nil {
+			d.LocalAddr = &net.TCPAddr{IP: src}
+		}
 		return d.DialContext(ctx, network, addr)
 	}}, nil
 }

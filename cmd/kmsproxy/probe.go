@@ -38,7 +38,7 @@ closing). It never sends an activation request.
 
 With --discover DOMAIN it finds the endpoint as a KMS client does: it
 resolves the SRV record _vlmcs._tcp.DOMAIN (through the system resolver,
-or --resolver HOST[:PORT]), prints every target with its priority,
+or --resolver HOST[:PORT], asked from --source), prints every target with its priority,
 weight, port and A/AAAA addresses, and probes each address. --expect
 IP[:PORT] (repeatable; port 1688 when left out) lists the proxy's
 addresses: the record must name exactly those.
@@ -59,7 +59,7 @@ points elsewhere than --expect.`,
 			if discover != "" {
 				dopt := probe.DiscoverOptions{Probe: opt}
 				if resolver != "" {
-					r, err := probe.ResolverAt(resolver)
+					r, err := probe.ResolverAt(resolver, source)
 					if err != nil {
 						return err
 					}
