@@ -124,4 +124,3 @@ func scrape(t *testing.T, mgmt string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
-
