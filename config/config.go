@@ -42,6 +42,7 @@ type Config struct {
 	KMSWatch      KMSWatch            `mapstructure:"kms_watch"`
 	UpstreamPool  UpstreamPool        `mapstructure:"upstream_pool"`
 	Inventory     Inventory           `mapstructure:"inventory"`
+	State         State               `mapstructure:"state"`
 	DNS           DNS                 `mapstructure:"dns"` // KMS discovery records and the optional responder (dns.go)
 
 	// ZoneOrder lists zone names in file order (viper's maps lose it).
@@ -291,7 +292,8 @@ func Default() Config {
 			StoreWorkstation: DefaultInventoryStoreWorkstation,
 			QueueSize:        DefaultInventoryQueueSize,
 		},
-		DNS: defaultDNS(),
+		DNS:   defaultDNS(),
+		State: defaultState(),
 	}
 }
 

@@ -53,6 +53,7 @@ func (c *Config) WriteEffective(w io.Writer) error {
 		p("inventory:   off (inventory.enabled false)\n")
 	}
 	c.writeDNS(p)
+	p("state:       %s\n", c.State.text())
 	p("\nzones:\n")
 	zones := c.Policy.Zones()
 	for _, z := range zones {

@@ -56,7 +56,7 @@ func parse(path string, data []byte) (*Config, error) {
 	cfg := Default()
 	var ps []Problem
 	if err := v.UnmarshalExact(&cfg); err != nil {
-		ps = decodeProblems(err)
+		ps = explainKeys(decodeProblems(err))
 	}
 	cfg.Path = path
 	order, dupZones := zoneOrder(data, cfg.Zones)

@@ -110,6 +110,7 @@ func validate(cfg *Config, dupZones []string) []Problem {
 	}
 
 	checkDNS(&ps, cfg)
+	checkState(&ps, cfg)
 
 	if len(ps) > 0 {
 		return ps
