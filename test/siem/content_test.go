@@ -18,8 +18,8 @@ import (
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
-// The SIEM content (event/syslog's CEF records, deploy/siem/splunk) is
-// tested against events real proxies write: one
+// The SIEM content (event/syslog's CEF records, deploy/siem/splunk,
+// deploy/siem/sentinel) is tested against events real proxies write: one
 // run drives every action, and each test below reads the first event of
 // each action, as stdout JSON and as the CEF record rsyslog received.
 //
@@ -258,6 +258,7 @@ func TestSIEMContent(t *testing.T) {
 	rec := recordEveryAction(t)
 	t.Run("cef-golden", func(t *testing.T) { testCEFGolden(t, rec) })
 	t.Run("splunk", func(t *testing.T) { testSplunk(t, rec) })
+	t.Run("sentinel", func(t *testing.T) { testSentinel(t, rec) })
 }
 
 // Normalising a CEF line: what changes from run to run (times, the
