@@ -14,4 +14,9 @@
 // alert does not affect the policy. It remembers at most
 // kms_watch.max_tracked CMIDs (the least recently seen are forgotten), keeps
 // nothing on disk, and does not follow the source across restarts.
+//
+// With a Shared table (SetShared: state.redis, every replica's
+// observations) the shared table decides whenever it answers; the local
+// table is still kept, so when the shared one fails the detector goes on
+// with what this replica saw.
 package kmswatch

@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"context"
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/kmsproxy/kmsproxy/kmswatch"
 )
 
 // errEMFILE and errENFILE, the accept errors of a process or system out of
@@ -15,10 +18,32 @@ import (
 const maxRateEntries = 65536
 
 // rateLimiter is a token bucket per source address refilled at
-// limit/minute with a burst of limit.
+// limit/minute with a burst of limit. With a shared limiter (state.redis)
+// the shared bucket decides whenever it answers; the local bucket takes
+// every activation too, so it is current when the shared one fails and
+// the limit stays enforced, by each replica alone.
 type rateLimiter struct {
 	mu      sync.Mutex
 	buckets map[netip.Addr]*bucket
+	shared  SharedLimiter // nil: the local bucket alone
+}
+
+// SharedLimiter is the activation rate limit the replicas share (package
+// state). AllowActivation takes one token for src under perMinute from
+// the bucket every replica uses, or fails: an error is never an
+// allowance, the local bucket decides instead.
+type SharedLimiter interface {
+	AllowActivation(ctx context.Context, src netip.Addr, perMinute int, now time.Time) (bool, error)
+}
+
+// SetSharedState points the activation rate limit and the duplicate-CMID
+// detector at the state the replicas share; either may be nil. Call it
+// before Serve.
+func (s *Server) SetSharedState(l SharedLimiter, d kmswatch.Shared) {
+	s.rate.shared = l
+	if d != nil {
+		s.watch.SetShared(d)
+	}
 }
 
 type bucket struct {
@@ -30,8 +55,21 @@ func newRateLimiter() *rateLimiter {
 	return &rateLimiter{buckets: make(map[netip.Addr]*bucket)}
 }
 
-// allow takes one token for src under a limit of perMinute.
+// allow takes one token for src under a limit of perMinute: from the
+// shared bucket when it answers, else from the local one.
 func (r *rateLimiter) allow(src netip.Addr, perMinute int, now time.Time) bool {
+	local := r.allowLocal(src, perMinute, now)
+	if r.shared == nil {
+		return local
+	}
+	if ok, err := r.shared.AllowActivation(context.Background(), src, perMinute, now); err == nil {
+		return ok
+	}
+	return local
+}
+
+// allowLocal takes one token for src from this process's bucket.
+func (r *rateLimiter) allowLocal(src netip.Addr, perMinute int, now time.Time) bool {
 	if perMinute <= 0 {
 		return false
 	}
