@@ -503,10 +503,41 @@ func (s *Store) record(ctx context.Context, acts []Activation) (int, error) {
 // bind fills args (in upsertColumns order) from a; false for an
 // activation without a key.
 func (s *Store) bind(a *Activation, args []any) bool {
+	o, ok := s.observe(a)
+	if !ok {
+		return false
+	}
+	copy(args, []any{
+		o.cmid, o.appID, o.application, o.workstation, o.skuID, o.sku,
+		o.countedID, o.countedName, o.status, o.vm, o.version,
+		o.ns, o.ns, int64(1),
+		o.source, o.zone, o.rule, o.result, o.hr, o.hrName,
+		o.count, o.epid, o.hostSeen,
+	})
+	return true
+}
+
+// observation is what one activation writes to its row, normalized: keys
+// lower-cased, strings clipped, the workstation hashed unless stored, the
+// host's fields only from a reply that carried them. Record and the
+// shared rows (SharedRowOf) both take their values from here.
+type observation struct {
+	cmid, appID, application, workstation, skuID, sku string
+	countedID, countedName, status                    string
+	vm                                                int
+	version, ns                                       int64
+	source, zone, rule, result, hr, hrName            string
+	count                                             int64
+	epid                                              string
+	hostSeen                                          int64 // unix ns of the reply that set count and epid; 0: none
+}
+
+// observe normalizes a; false for an activation without a key.
+func (s *Store) observe(a *Activation) (observation, bool) {
 	cmid := strings.ToLower(strings.TrimSpace(a.CMID))
 	appID := strings.ToLower(strings.TrimSpace(a.ApplicationID))
 	if cmid == "" || appID == "" {
-		return false
+		return observation{}, false
 	}
 	t := a.Time
 	if t.IsZero() {
@@ -539,14 +570,13 @@ func (s *Store) bind(a *Activation, args []any) bool {
 	if a.VirtualMachine {
 		vm = 1
 	}
-	copy(args, []any{
-		clip(cmid), clip(appID), clip(a.Application), ws, clip(a.SKUID), clip(a.SKU),
-		clip(a.KMSCountedID), clip(a.KMSCountedName), clip(a.LicenseStatus), vm, int64(a.Version),
-		ns, ns, int64(1),
-		source, clip(a.Zone), clip(a.Rule), clip(a.Result), hr, hrName,
-		count, epid, hostSeen,
-	})
-	return true
+	return observation{
+		cmid: clip(cmid), appID: clip(appID), application: clip(a.Application), workstation: ws,
+		skuID: clip(a.SKUID), sku: clip(a.SKU), countedID: clip(a.KMSCountedID), countedName: clip(a.KMSCountedName),
+		status: clip(a.LicenseStatus), vm: vm, version: int64(a.Version), ns: ns,
+		source: source, zone: clip(a.Zone), rule: clip(a.Rule), result: clip(a.Result), hr: hr, hrName: hrName,
+		count: count, epid: epid, hostSeen: hostSeen,
+	}, true
 }
 
 const rowColumns = `cmid, application_id, application, workstation, sku_id, sku, kms_counted_id, kms_counted_name,

@@ -34,7 +34,8 @@ type Writer struct {
 	queue  chan Activation
 	onDrop func()
 
-	onError atomic.Pointer[func(error)]
+	onError    atomic.Pointer[func(error)]
+	afterWrite atomic.Pointer[func([]Activation)]
 
 	// mu orders Submit against Close: Submit sends under the read lock,
 	// Close sets closed under the write lock, so nothing is queued after
@@ -76,6 +77,19 @@ func (w *Writer) SetOnError(f func(error)) {
 		return
 	}
 	w.onError.Store(&f)
+}
+
+// SetAfterWrite sets a function called (on the Writer's goroutine) with
+// each batch once the Writer is done with it, committed or not: the
+// shared inventory rows (package state) take activations from here, so
+// this file has an activation before the shared rows can bring it back.
+// f must not keep the slice. nil stops the calls.
+func (w *Writer) SetAfterWrite(f func([]Activation)) {
+	if f == nil {
+		w.afterWrite.Store(nil)
+		return
+	}
+	w.afterWrite.Store(&f)
 }
 
 // Submit queues a for writing and reports whether it was queued. It never
@@ -191,6 +205,9 @@ func (w *Writer) write(batch []Activation) {
 	}
 	if err != nil {
 		w.report(err)
+	}
+	if f := w.afterWrite.Load(); f != nil {
+		(*f)(batch)
 	}
 	// Let the activations' strings go before the next batch reuses the
 	// array.
