@@ -127,3 +127,33 @@ func reopenReadOnly(t *testing.T, s *Store) *Store {
 	t.Cleanup(func() { ro.Close() })
 	return ro
 }
+
+// AfterWrite sees each batch once the file has it: the shared rows are
+// fed from there, so a sync can never bring an activation back first.
+func TestWriterAfterWrite(t *testing.T) {
+	s, _ := openTest(t, Options{StoreWorkstation: true})
+	w := NewWriter(s, 16, nil)
+	got := make(chan []string, 16)
+	w.SetAfterWrite(func(batch []Activation) {
+		var cmids []string
+		for _, a := range batch {
+			rows, err := s.Query(context.Background(), Filter{Search: a.CMID})
+			if err != nil || len(rows) != 1 {
+				t.Errorf("after write, %s is not in the file: %v %v", a.CMID, rows, err)
+			}
+			cmids = append(cmids, a.CMID)
+		}
+		got <- cmids
+	})
+	w.Submit(act("c0ffee00-0000-4000-8000-000000000004", t0))
+	w.Submit(act("c0ffee00-0000-4000-8000-000000000005", t0))
+	w.Close()
+	close(got)
+	n := 0
+	for c := range got {
+		n += len(c)
+	}
+	if n != 2 {
+		t.Errorf("AfterWrite saw %d activations, want 2", n)
+	}
+}
