@@ -19,7 +19,7 @@ const module = "github.com/kmsproxy/kmsproxy"
 // ours and the packages of ours its non-test files may import. The arrows
 // point inward only:
 //
-//	cmd/kmsproxy → proxy, admin, replay, probe, kmsdns → pool, assoc, kmswatch, event (event/syslog), capture → config → acl → rpcparse/kms → rpcparse
+//	cmd/kmsproxy → proxy, admin, replay, probe, kmsdns, state → pool, assoc, kmswatch, event (event/syslog), capture → config → acl → rpcparse/kms → rpcparse
 //
 // test/... is the outer ring: it may import anything, and nothing outside it
 // may import it (its packages are not listed here). A package missing from
@@ -33,6 +33,7 @@ var mayImport = map[string][]string{
 	"event":        {"config", "acl", "rpcparse", "rpcparse/kms"},
 	"event/syslog": {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"kmswatch":     {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"state":        {"kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"capture":      {"rpcparse", "rpcparse/kms"},
 	"inventory":    {},
 	"pool":         {"rpcparse"},
@@ -41,7 +42,7 @@ var mayImport = map[string][]string{
 	"admin":        {"kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"replay":       {"assoc", "capture", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
 	"kmsdns":       {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"cmd/kmsproxy": {"proxy", "pool", "admin", "inventory", "replay", "probe", "kmsdns", "capture", "assoc", "kmswatch", "event", "event/syslog", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"cmd/kmsproxy": {"proxy", "pool", "admin", "inventory", "replay", "probe", "kmsdns", "capture", "assoc", "kmswatch", "state", "event", "event/syslog", "config", "acl", "rpcparse", "rpcparse/kms"},
 }
 
 // pure packages decide without touching the world: no sockets, files,

@@ -37,6 +37,11 @@ const (
 	// ActionLogEventsDropped is the event.action of the warning the syslog
 	// sink's owner logs when events were dropped (syslog.LogDrops).
 	ActionLogEventsDropped = "log-events-dropped"
+	// ActionStateDegraded: the shared state (state.redis) failed or was
+	// too slow; the replica decides on its local state until
+	// ActionStateRestored.
+	ActionStateDegraded = "state-degraded"
+	ActionStateRestored = "state-restored"
 )
 
 // Outcomes: the event.outcome values.
@@ -145,6 +150,9 @@ var categorizations = map[string]categorization{
 	ActionPolicyAllowsNothing: categorize(kindEvent, catConfiguration, "info"),
 	// The syslog sink's own warning: a gap in what the collector got.
 	ActionLogEventsDropped: categorize(kindPipelineError, catNetwork, "info"),
+	// The shared state's health (package state): what the replica decides on.
+	ActionStateDegraded: categorize(kindEvent, catNetwork, "info"),
+	ActionStateRestored: categorize(kindEvent, catNetwork, "info"),
 	// The DNS responder's (event/dns.go): an answer from its zones, a refusal.
 	ActionDNSQuery:   categorize(kindEvent, catNetwork, "protocol", "allowed"),
 	ActionDNSRefused: categorize(kindEvent, catNetwork, "protocol", "denied"),
