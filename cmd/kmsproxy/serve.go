@@ -123,6 +123,11 @@ func serve(path string) error {
 	if inv != nil {
 		defer inv.close()
 	}
+	shared, err := openState(cfg, srv, metrics, log, inv) // nil unless state.redis is set (state.go)
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	defer shared.close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -178,6 +183,7 @@ func serve(path string) error {
 			case <-changed:
 			}
 			srv.Reload(path)
+			shared.reloaded(srv.Runtime().Config, log)
 			if err := dnsSrv.Apply(srv.Runtime().Config); err != nil {
 				log.Error("dns responder kept its zones", zap.Error(err))
 			}
