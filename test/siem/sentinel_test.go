@@ -304,7 +304,7 @@ func checkSentinelDoc(t *testing.T, out map[string]string) {
 		t.Fatal(err)
 	}
 	doc := string(b)
-	documented := docTableKeys(t, doc, "## The parser's mapping")
+	documented := docTableKeys(t, sentinelDoc, doc, "## The parser's mapping")
 	returned := map[string]bool{}
 	for c := range out {
 		returned[c] = true
@@ -312,7 +312,7 @@ func checkSentinelDoc(t *testing.T, out map[string]string) {
 	if fmt.Sprint(sortedKeys(documented)) != fmt.Sprint(sortedKeys(returned)) {
 		t.Errorf("%s's mapping table lists %v;\nthe parser returns %v", sentinelDoc, sortedKeys(documented), sortedKeys(returned))
 	}
-	keys := docTableKeys(t, doc, "## The CEF record")
+	keys := docTableKeys(t, sentinelDoc, doc, "## The CEF record")
 	want := map[string]bool{}
 	for _, k := range cefStandardKeys {
 		want[k] = true
@@ -328,15 +328,28 @@ func checkSentinelDoc(t *testing.T, out map[string]string) {
 	}
 }
 
-// docTableKeys returns the backquoted first cells of the first table
-// after heading.
-func docTableKeys(t *testing.T, doc, heading string) map[string]bool {
+// docTableKeys returns the backquoted words of the first cells of the
+// first table after heading in doc (the file path).
+func docTableKeys(t *testing.T, path, doc, heading string) map[string]bool {
+	t.Helper()
+	keys := map[string]bool{}
+	for _, row := range docTable(t, path, doc, heading) {
+		for _, m := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(row[0], -1) {
+			keys[m[1]] = true
+		}
+	}
+	return keys
+}
+
+// docTable returns the cells of the rows of the first table after
+// heading, the header and separator rows left out.
+func docTable(t *testing.T, path, doc, heading string) [][]string {
 	t.Helper()
 	i := strings.Index(doc, "\n"+heading+"\n")
 	if i < 0 {
-		t.Fatalf("%s has no %q section", sentinelDoc, heading)
+		t.Fatalf("%s has no %q section", path, heading)
 	}
-	keys := map[string]bool{}
+	var rows [][]string
 	inTable := false
 	for _, line := range strings.Split(doc[i+len(heading)+2:], "\n") {
 		if strings.HasPrefix(line, "#") {
@@ -348,16 +361,19 @@ func docTableKeys(t *testing.T, doc, heading string) map[string]bool {
 			}
 			continue
 		}
-		inTable = true
-		cell := strings.TrimSpace(strings.SplitN(line[1:], "|", 2)[0])
-		for _, m := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(cell, -1) {
-			keys[m[1]] = true
+		cells := strings.Split(strings.Trim(line, "|"), "|")
+		for j := range cells {
+			cells[j] = strings.TrimSpace(cells[j])
 		}
+		if inTable && !strings.HasPrefix(cells[0], "---") {
+			rows = append(rows, cells)
+		}
+		inTable = true
 	}
-	if len(keys) == 0 {
-		t.Fatalf("%s: no table under %q", sentinelDoc, heading)
+	if len(rows) == 0 {
+		t.Fatalf("%s: no table under %q", path, heading)
 	}
-	return keys
+	return rows
 }
 
 // armTemplate is the YAML's parser as a deployable ARM template: a

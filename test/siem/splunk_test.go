@@ -1,8 +1,11 @@
 package siem
 
 import (
+	"fmt"
 	"math"
+	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -111,6 +114,7 @@ func testSplunk(t *testing.T, rec *recording) {
 		t.Fatalf("props.conf source types %v, want kmsproxy:json and kmsproxy:cef", types)
 	}
 	jsonType, cefType := types[0], types[1]
+	checkSplunkDoc(t)
 	checkLineBreaking(t, jsonType, rec)
 	checkCEFTime(t, cefType, rec)
 
@@ -198,6 +202,52 @@ func testSplunk(t *testing.T, rec *recording) {
 		}
 		if o := js["event.outcome"]; (o == "success" || o == "failure") && cf["event.outcome"] != o {
 			t.Errorf("%s: kmsproxy:cef gives event.outcome=%q, the event has %q", k, cf["event.outcome"], o)
+		}
+	}
+}
+
+// checkSplunkDoc: docs/siem-splunk.md's tables say what the add-on
+// does: the CIM fields it gives, and each action's event type and CIM
+// action.
+func checkSplunkDoc(t *testing.T) {
+	t.Helper()
+	const path = "../../docs/siem-splunk.md"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	want := map[string]bool{"duration": true}
+	for _, f := range cimFields {
+		want[f] = true
+	}
+	if got := docTableKeys(t, path, doc, "## The field aliases"); fmt.Sprint(sortedKeys(got)) != fmt.Sprint(sortedKeys(want)) {
+		t.Errorf("%s's alias table lists %v, the add-on gives %v", path, sortedKeys(got), sortedKeys(want))
+	}
+	seen := map[string]bool{}
+	for _, row := range docTable(t, path, doc, "## What each event becomes") {
+		et := strings.Trim(row[1], "`")
+		act := ""
+		if m := regexp.MustCompile("^`([a-z]+)`").FindStringSubmatch(row[2]); m != nil {
+			act = m[1]
+		}
+		for _, m := range regexp.MustCompile("`([a-z-]+)`").FindAllStringSubmatch(row[0], -1) {
+			a := m[1]
+			seen[a] = true
+			if strings.HasPrefix(a, "dns-") {
+				if et != "kmsproxy_dns" || act != "" {
+					t.Errorf("%s: %s as %s, %q", path, a, et, act)
+				}
+				continue
+			}
+			if wantEventtype[a] != et || wantCIMAction[a] != act {
+				t.Errorf("%s: %s as %s, action %q; the add-on gives %s, %q", path, a, et, act, wantEventtype[a], wantCIMAction[a])
+			}
+		}
+	}
+	for _, a := range allActions {
+		if !seen[a] {
+			t.Errorf("%s: %s is in no row of the event table", path, a)
 		}
 	}
 }
