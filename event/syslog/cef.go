@@ -85,8 +85,9 @@ func cefValue(field, action string, ev map[string]any, t time.Time) (string, boo
 		}
 		return scalarText(ev["kmsproxy.zone"])
 	case "@start", "@end":
-		// A connection's span (connection-closed): end is the event's
-		// time, start that less event.duration (nanoseconds); epoch ms.
+		// The span of an event with a duration (connection-closed: the
+		// connection; state-restored: the time degraded): end is the
+		// event's time, start that less event.duration (ns); epoch ms.
 		v, _ := scalarText(ev["event.duration"])
 		d, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || d < 0 {
@@ -112,7 +113,8 @@ const (
 
 // cefVerdict is an event's act: what the proxy did with the traffic the
 // event is about, "" for the events that decide no traffic (config
-// events, log-events-dropped, process messages), which carry no act.
+// events, log-events-dropped, the shared state's, process messages),
+// which carry no act.
 func cefVerdict(action string, ev map[string]any) string {
 	switch action {
 	// The allowed path; connection-closed ends a connection that was let
@@ -159,6 +161,7 @@ var cefSeverity = map[string]int{
 	event.ActionKMSActivation:       3,
 	event.ActionShadowDecision:      3,
 	event.ActionConfigReloaded:      3,
+	event.ActionStateRestored:       3,
 	event.ActionConnectionRefused:   5,
 	event.ActionBindRefused:         5,
 	event.ActionRequestRefused:      5,
@@ -167,6 +170,7 @@ var cefSeverity = map[string]int{
 	event.ActionDNSRefused:          5,
 	event.ActionPolicyAllowsNothing: 6,
 	event.ActionLogEventsDropped:    6,
+	event.ActionStateDegraded:       6,
 	event.ActionProtocolViolation:   7,
 	event.ActionUpstreamUnavailable: 7,
 	event.ActionConfigReloadFailed:  7,

@@ -241,6 +241,8 @@ func TestCEFVerdictAndSeverityPerAction(t *testing.T) {
 		{event.ActionConfigReloadFailed, ``, "", 7},
 		{event.ActionPolicyAllowsNothing, ``, "", 6},
 		{event.ActionLogEventsDropped, ``, "", 6},
+		{event.ActionStateDegraded, ``, "", 6},
+		{event.ActionStateRestored, ``, "", 3},
 	} {
 		ext, head := cefOf(t, zapcore.InfoLevel, `{"message":"m","event.action":"`+c.action+`"`+c.extra+`}`)
 		if got, ok := ext["act"]; got != c.act || ok != (c.act != "") {
