@@ -327,6 +327,14 @@ func TestCEFEscaping(t *testing.T) {
 	if strings.Count(got, "\n") != 0 {
 		t.Fatalf("line break in record: %q", got)
 	}
+	// Derived and mapped keys escape alike: a backslash, an '=' and a
+	// line break in error.message, a '|' in the message.
+	e = syslogEntry{level: zapcore.ErrorLevel, time: testTime,
+		json: []byte(`{"message":"config | reload failed","event.action":"config-reload-failed","event.outcome":"failure","error.message":"C:\\k.yaml: a=b\r\n  c"}`)}
+	got = string(testFormatter(true).format(nil, &e, false))
+	if !strings.Contains(got, `|config-reload-failed|config \| reload failed|7|`) || !strings.HasSuffix(got, ` msg=C:\\k.yaml: a\=b\r\n  c cs3=config-reload-failed cs3Label=event.action`) {
+		t.Fatalf("escaping: %s", got)
+	}
 }
 
 func TestNewSyslogSinkRejectsBadSettings(t *testing.T) {
