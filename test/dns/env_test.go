@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmsproxy/kmsproxy/test/ecs"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
@@ -149,6 +150,10 @@ func startServe(t *testing.T, upstream string, o opts) *proc {
 		t.Fatal(err)
 	}
 	go func() { p.cmd.Wait(); close(p.exited) }()
+	// Every line the process wrote is a valid ECS event or process message
+	// (test/ecs), checked once it has exited (this cleanup runs after the
+	// one below). stderr is in out too: lines that are not JSON are none.
+	t.Cleanup(func() { ecs.Check(t, "kmsproxy serve", p.out.String(), true) })
 	t.Cleanup(func() {
 		p.cmd.Process.Kill()
 		<-p.exited

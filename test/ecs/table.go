@@ -146,6 +146,14 @@ var ECSFields = []Field{
 	{Name: "network.community_id", Type: Keyword},
 	{Name: "network.direction", Type: Keyword, Values: []string{"ingress", "egress", "inbound", "outbound", "internal", "external", "unknown"}},
 
+	// The DNS responder's events (dns-query, dns-refused: package kmsdns).
+	{Name: "dns.id", Type: Keyword},
+	{Name: "dns.type", Type: Keyword, Values: []string{"query", "answer"}},
+	{Name: "dns.question.name", Type: Keyword},
+	{Name: "dns.question.type", Type: Keyword},
+	{Name: "dns.response_code", Type: Keyword},
+	{Name: "dns.header_flags", Type: Keyword, Array: true, Values: []string{"AA", "TC", "RD", "RA", "AD", "CD", "DO"}},
+
 	{Name: "rule.name", Type: Keyword},
 	{Name: "error.message", Type: MatchOnlyText},
 	{Name: "file.path", Type: Keyword, Text: true},
@@ -233,6 +241,15 @@ var CustomFields = []Field{
 	{Name: "kmsproxy.log.dropped_queue_full", Type: Long},
 	{Name: "kmsproxy.log.dropped_disconnected", Type: Long},
 	{Name: "kmsproxy.log.dropped_send_failed", Type: Long},
+
+	// The DNS responder: the zone of dns.zones that answered (dns-query,
+	// dns-refused), and its process messages (listening, a changed
+	// dns.listen on reload).
+	{Name: "kmsproxy.dns.zone", Type: Keyword},
+	{Name: "kmsproxy.dns.listen", Type: Keyword},
+	{Name: "kmsproxy.dns.listen_configured", Type: Keyword},
+	{Name: "kmsproxy.dns.zones", Type: Keyword, Array: true},
+	{Name: "kmsproxy.dns.allow_from", Type: Keyword, Array: true},
 
 	// Process messages (listening, shutting down, warnings at start).
 	{Name: "kmsproxy.listen", Type: Keyword},
