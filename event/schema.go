@@ -102,15 +102,17 @@ const (
 )
 
 // Actions lists every action in the order the documentation gives them:
-// the event.action values of DESIGN's Events and the two warnings
-// (policy-allows-nothing, log-events-dropped). The SIEM content (the
-// Elastic samples, one per action) is checked against it.
+// the event.action values of DESIGN's Events, the two warnings
+// (policy-allows-nothing, log-events-dropped), the shared state's
+// (state-degraded, state-restored: package state) and the DNS
+// responder's (dns-query, dns-refused: event/dns.go). The SIEM content
+// (the Elastic samples, one per action) is checked against it.
 var Actions = []string{
 	ActionConnectionAccepted, ActionConnectionRefused, ActionBindAllowed, ActionBindRefused,
 	ActionRequestRefused, ActionKMSActivation, ActionProtocolViolation, ActionUpstreamUnavailable,
 	ActionConnectionClosed, ActionConfigReloaded, ActionConfigReloadFailed, ActionShadowDecision,
 	ActionKMSDuplicateCMID, ActionKMSClockSkew, ActionRateLimited, ActionPolicyAllowsNothing,
-	ActionLogEventsDropped,
+	ActionLogEventsDropped, ActionStateDegraded, ActionStateRestored, ActionDNSQuery, ActionDNSRefused,
 }
 
 // The ECS categorization of each action: event.kind, event.category and

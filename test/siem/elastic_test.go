@@ -101,6 +101,19 @@ func TestElasticSamples(t *testing.T) {
 	if err := e.Reload(cfg); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
+	// What serve runs beside the proxy: the DNS responder (dns-query,
+	// dns-refused) and the shared state (state-degraded, state-restored),
+	// on a logger at debug (dns-query is a debug event), as under
+	// log.level: debug.
+	side := sideLogger(t)
+	dnsActions(t, side.log, e.Host.Addr())
+	side.wait(t, event.ActionDNSQuery)
+	if ev := side.wait(t, event.ActionDNSRefused); ev["event.reason"] != event.ReasonDNSSourceNotAllowed || ev["source.ip"] != srcNowhere {
+		t.Fatalf("dns-refused: %v", ev)
+	}
+	stateActions(t, side.log, e.Host.Addr())
+	side.wait(t, event.ActionStateDegraded)
+	side.wait(t, event.ActionStateRestored)
 	waitCount(t, e, event.ActionLogEventsDropped, 1)
 
 	// No upstream reachable: upstream-unavailable.
@@ -117,7 +130,7 @@ func TestElasticSamples(t *testing.T) {
 	waitCount(t, e3, event.ActionPolicyAllowsNothing, 1)
 
 	first := map[string][]byte{}
-	for _, log := range []*fixture.LogBuffer{e.Log, e2.Log, e3.Log} {
+	for _, log := range []*fixture.LogBuffer{e.Log, e2.Log, e3.Log, side.buf} {
 		for _, line := range strings.Split(log.String(), "\n") {
 			ev, err := ecs.Decode([]byte(line))
 			if err != nil {
