@@ -115,8 +115,11 @@ func startDNS(cfg *config.Config, log *zap.Logger, m *event.Metrics) (*kmsdns.Se
 		return nil, err
 	}
 	s.Start()
-	log.Info("dns responder listening", zap.String("kmsproxy.dns.listen", s.Addr()),
-		zap.Strings("kmsproxy.dns.zones", dnsZoneNames(cfg)), zap.Strings("kmsproxy.dns.allow_from", cfg.DNS.AllowZones))
+	f := []zap.Field{zap.String("kmsproxy.dns.listen", s.Addr()), zap.Strings("kmsproxy.dns.zones", dnsZoneNames(cfg))}
+	if len(cfg.DNS.AllowZones) > 0 { // none: no source is answered (no allow rule names a zone)
+		f = append(f, zap.Strings("kmsproxy.dns.allow_from", cfg.DNS.AllowZones))
+	}
+	log.Info("dns responder listening", f...)
 	return s, nil
 }
 

@@ -29,9 +29,9 @@ const (
 	wantConfigPath = "/etc/kmsproxy/kmsproxy.yaml"
 	// wantInventoryDir is the image's one writable place, a VOLUME.
 	wantInventoryDir = "/var/lib/kmsproxy"
-	wantUser       = "65532:65532"
-	wantUID        = 65532
-	wantGID        = 65532
+	wantUser         = "65532:65532"
+	wantUID          = 65532
+	wantGID          = 65532
 
 	// specEnv carries the run spec from the test to its re-executed self
 	// inside fresh network and mount namespaces.
