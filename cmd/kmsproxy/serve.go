@@ -185,7 +185,7 @@ func serve(path string) error {
 			srv.Reload(path)
 			shared.reloaded(srv.Runtime().Config, log)
 			if err := dnsSrv.Apply(srv.Runtime().Config); err != nil {
-				log.Error("dns responder kept its zones", zap.Error(err))
+				log.Error("dns responder kept its zones", zap.String("error.message", err.Error()))
 			}
 		}
 	}()
