@@ -4,8 +4,11 @@ import (
 	"context"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/kmsproxy/kmsproxy/config"
 	"github.com/kmsproxy/kmsproxy/inventory"
@@ -145,4 +148,39 @@ func sameRows(a, b []inventory.Row) bool {
 		}
 	}
 	return true
+}
+
+// ACLUser is the least an ACL user needs, as docs/deployment.md gives it:
+// these commands (the scripts' own included) on the prefix's keys.
+const ACLUser = "kmsproxy on >s3cret ~kmsproxy:* resetchannels -@all +ping +client|setname +select " +
+	"+evalsha +eval +script|load +hmget +hset +hincrby +pexpire +set +hgetall +zadd +zrangebyscore +zremrangebyscore"
+
+// Everything the shared state does works as that ACL user, and a key
+// outside the prefix is refused to it.
+func TestACLUser(t *testing.T) {
+	srv := redistest.Start(t, redistest.Args(append([]string{"--user"}, strings.Fields(ACLUser)...)...))
+	t.Setenv(config.RedisPasswordEnv, "s3cret")
+	r := newReplica(t, redisConfig(t, srv.Conf("username: kmsproxy", "timeout: 1s")))
+	ctx := context.Background()
+	if ok, err := r.AllowActivation(ctx, srcA, 6, t0); err != nil || !ok {
+		t.Fatalf("rate limit as the ACL user: %v %v\n%s", ok, err, srv.Log())
+	}
+	if _, _, err := r.SeenCMID(ctx, [16]byte{1}, srcA, "ws", time.Hour, t0); err != nil {
+		t.Fatalf("duplicate table as the ACL user: %v", err)
+	}
+	st := openStore(t, true)
+	inv := r.ShareInventory(st, config.Inventory{Retention: time.Hour, QueueSize: 4})
+	defer inv.Close()
+	inv.Submit(activation("c0ffee00-0000-4000-8000-0000000000ac", "WS-ACL", "192.0.2.10", time.Now()))
+	other := openStore(t, true)
+	otherInv := newReplica(t, redisConfig(t, srv.Conf("username: kmsproxy", "timeout: 1s"))).ShareInventory(other, config.Inventory{Retention: time.Hour, QueueSize: 4})
+	defer otherInv.Close()
+	waitRows(t, other, 1, otherInv.Sync)
+	if r.Degraded() || r.gauge(t, "kmsproxy_state_errors_total", "op", "inventory") != 0 {
+		t.Errorf("errors as the ACL user: degraded %v", r.Degraded())
+	}
+	c := rawClient(t, srv.Addr(), &redis.Options{Username: "kmsproxy", Password: "s3cret"})
+	if err := c.Set(ctx, "other:key", "x", 0).Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Errorf("a key outside the prefix: %v, want NOPERM", err)
+	}
 }

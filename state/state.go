@@ -297,13 +297,16 @@ func reason(err error) string {
 // probeLoop probes Redis every retry_interval while degraded.
 func (s *Shared) probeLoop() {
 	defer close(s.done)
+	var restored time.Time
+	interval := s.cfg.RetryInterval
 	for {
 		select {
 		case <-s.quit:
 			return
 		case <-s.wake:
 		}
-		t := time.NewTicker(s.cfg.RetryInterval)
+		interval = retryAfter(interval, s.cfg.RetryInterval, time.Since(restored))
+		t := time.NewTicker(interval)
 		for s.degraded.Load() {
 			select {
 			case <-s.quit:
@@ -316,9 +319,29 @@ func (s *Shared) probeLoop() {
 				continue
 			}
 			s.restore()
+			restored = time.Now()
 		}
 		t.Stop()
 	}
+}
+
+// flapWindow and maxRetryInterval damp a Redis that answers the probe
+// but fails again soon after (an overloaded server or network): each
+// spell that starts within flapWindow of the last restore waits twice as
+// long before its first probe, up to maxRetryInterval, so the replica
+// does not switch back and forth, logging a pair of events each time.
+const (
+	flapWindow       = time.Minute
+	maxRetryInterval = time.Minute
+)
+
+// retryAfter is the probe interval of a degraded spell that starts
+// sinceRestore after the last one ended, the last spell's being last.
+func retryAfter(last, base, sinceRestore time.Duration) time.Duration {
+	if sinceRestore >= flapWindow {
+		return base
+	}
+	return min(max(2*last, base), max(maxRetryInterval, base))
 }
 
 // probe is what must work before the activation path asks Redis again:

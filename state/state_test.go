@@ -476,3 +476,25 @@ func TestMutualTLS(t *testing.T) {
 		}
 	}
 }
+
+// A Redis that keeps failing soon after each restore is probed less and
+// less often (up to a minute apart); one that stays up a minute resets it.
+func TestRetryBackoff(t *testing.T) {
+	base := 5 * time.Second
+	for _, tc := range []struct {
+		last, since, want time.Duration
+	}{
+		{base, time.Hour, base}, // the first spell, or a calm minute since
+		{base, 10 * time.Second, 10 * time.Second},
+		{40 * time.Second, time.Second, time.Minute},
+		{time.Minute, time.Second, time.Minute},
+		{time.Minute, flapWindow, base},
+	} {
+		if got := retryAfter(tc.last, base, tc.since); got != tc.want {
+			t.Errorf("retryAfter(%v, %v, %v) = %v, want %v", tc.last, base, tc.since, got, tc.want)
+		}
+	}
+	if got := retryAfter(2*time.Hour, 2*time.Hour, time.Second); got != 2*time.Hour {
+		t.Errorf("a retry_interval above the cap is kept: %v", got)
+	}
+}

@@ -52,6 +52,11 @@ func Password(pw string) Option {
 	return func(s *Server) { s.args = append(s.args, "--requirepass", pw) }
 }
 
+// Args adds redis-server options, one word each ("--user", "kmsproxy", "on", ">pw", "~kmsproxy:*", "+ping").
+func Args(args ...string) Option {
+	return func(s *Server) { s.args = append(s.args, args...) }
+}
+
 // TLS makes the server speak TLS only, with c's server certificate,
 // requiring a client certificate signed by c's CA.
 func TLS(c *Certs) Option {
