@@ -149,15 +149,14 @@ func newClient(cfg config.Redis, tc *tls.Config) redis.UniversalClient {
 		ConnMaxIdleTime: 30 * time.Minute,
 		ClientName:      "kmsproxy",
 		DisableIdentity: true,
-		TLSConfig:       tc,
+		// No TLSConfig: dialer speaks TLS (go-redis reads TLSConfig only in
+		// its own dialer, whose handshake ignores the caller's deadline).
 		MaintNotificationsConfig: &maintnotifications.Config{
 			Mode: maintnotifications.ModeDisabled,
 		},
 	}
-	if cfg.Mode == config.RedisModeSingle && len(cfg.Addresses) == 1 {
-		// NewUniversalClient makes a plain client for one address.
-		o.IsClusterMode = false
-	}
+	// A plain client for one address, a failover client with MasterName,
+	// else a cluster client.
 	return redis.NewUniversalClient(o)
 }
 

@@ -463,10 +463,11 @@ func TestMutualTLS(t *testing.T) {
 		{"another CA", fmt.Sprintf("tls: { enabled: true, ca_file: %s, cert_file: %s, key_file: %s }", certs.OtherCAFile, certs.ClientCert, certs.ClientKey), "certificate signed by unknown authority"},
 		{"plain text", "", ""},
 	} {
-		r := newReplica(t, redisConfig(t, srv.Conf(strings.TrimPrefix(tc.tls, ""))))
-		if tc.tls == "" {
-			r = newReplica(t, redisConfig(t, srv.Conf()))
+		var extra []string
+		if tc.tls != "" {
+			extra = append(extra, tc.tls)
 		}
+		r := newReplica(t, redisConfig(t, srv.Conf(extra...)))
 		if !r.Degraded() {
 			t.Errorf("%s: not degraded", tc.name)
 			continue
