@@ -46,7 +46,7 @@ func redisReplicaConfig(t *testing.T, block string) string {
 
 // sharedBlock is the state.redis block the replicas of these tests use.
 func sharedBlock(srv *redistest.Server, extra ...string) string {
-	return srv.Conf(append([]string{"timeout: 250ms", "retry_interval: 200ms", "inventory_sync: 200ms"}, extra...)...)
+	return srv.Conf(append([]string{"timeout: 1s", "retry_interval: 200ms", "inventory_sync: 200ms"}, extra...)...)
 }
 
 // startReplica starts one kmsproxy serve and, unless want is "", waits
@@ -263,7 +263,7 @@ func TestRedisPasswordAndTLS(t *testing.T) {
 		t.Error("the password shows in the events")
 	}
 	check, err := exec.Command(kmsproxyBinary(t), "check", "--config", good.path).CombinedOutput()
-	if want := "state:       redis " + pw.Addr() + " (password from file " + pwFile + ", key prefix kmsproxy:, timeout 250ms, retry every 200ms)"; err != nil || !strings.Contains(string(check), want) {
+	if want := "state:       redis " + pw.Addr() + " (password from file " + pwFile + ", key prefix kmsproxy:, timeout 1s, retry every 200ms)"; err != nil || !strings.Contains(string(check), want) {
 		t.Errorf("kmsproxy check: %v, want %q in:\n%s", err, want, check)
 	}
 

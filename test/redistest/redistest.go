@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -266,8 +267,15 @@ func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
 }
 
 // Conf is a state.redis block for a kmsproxy config pointing at s, with
-// extra keys ("timeout: 50ms") inside the braces.
+// extra keys ("timeout: 50ms") inside the braces. Without a timeout of its
+// own it gets 1s, not the 25 ms default: on a CI machine running every
+// package at once a loopback round trip can take longer than 25 ms, and a
+// test about sharing must not turn into one about degrading.
 func (s *Server) Conf(extra ...string) string {
-	keys := append([]string{fmt.Sprintf("addresses: [%q]", s.Addr())}, extra...)
+	keys := []string{fmt.Sprintf("addresses: [%q]", s.Addr())}
+	if !slices.ContainsFunc(extra, func(k string) bool { return strings.HasPrefix(k, "timeout:") }) {
+		keys = append(keys, "timeout: 1s")
+	}
+	keys = append(keys, extra...)
 	return "state:\n  redis: { " + strings.Join(keys, ", ") + " }\n"
 }
