@@ -17,6 +17,7 @@ import (
 	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 	"github.com/kmsproxy/kmsproxy/test/kmsgen"
+	"github.com/kmsproxy/kmsproxy/test/redistest"
 )
 
 // The binary's /metrics, after an activation and a refusal, is clean for
@@ -29,7 +30,10 @@ func TestMetricsLintAndMonitoringMixin(t *testing.T) {
 		t.Fatal("promtool not found: DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus")
 	}
 	host := fixture.StartHost(t, fixture.Replay, fixture.GatewaySide.HostOptions()...)
-	p := startProcess(t, host, inventoryConfig(filepath.Join(t.TempDir(), "inventory.db")))
+	// With shared state on a real Redis, so its series are linted and the
+	// mixin's state alert finds its metric.
+	rs := redistest.Start(t)
+	p := startProcess(t, host, inventoryConfig(filepath.Join(t.TempDir(), "inventory.db"))+rs.Conf())
 	mgmt := p.managementAddr(t)
 	g := newGWClient(t)
 	if o := g.activate(p.addr, srcDMZ, 1, 10*time.Second); !o.ok {
@@ -64,6 +68,7 @@ func TestMetricsLintAndMonitoringMixin(t *testing.T) {
 		`kmsproxy_build_info{goversion="go`,
 		`kmsproxy_upstream_up{upstream="` + host.Addr() + `"} 1`,
 		`kmsproxy_upstream_last_success_timestamp_seconds{upstream="` + host.Addr() + `"}`,
+		"kmsproxy_state_degraded 0",
 	} {
 		if !bytes.Contains(scrape, []byte(want)) {
 			t.Errorf("the scrape lacks %s", want)
