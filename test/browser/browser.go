@@ -1,5 +1,3 @@
-//go:build unix
-
 // Package browser drives a real headless Chromium for tests of the pages
 // kmsproxy serves: the DOM as the browser built it (DumpDOM, Load), what
 // the browser reported on its console while loading, Content Security
@@ -23,7 +21,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -151,7 +148,7 @@ func run(ctx context.Context, args ...string) (stdout, stderr []byte, err error)
 	cmd.Dir = profile
 	// No D-Bus session to look for (the errors it logs are noise).
 	cmd.Env = append(os.Environ(), "DBUS_SESSION_BUS_ADDRESS=disabled:")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("browser: start %s: %v", bin, err)
 	}
@@ -161,12 +158,12 @@ func run(ctx context.Context, args ...string) (stdout, stderr []byte, err error)
 	case err = <-done:
 	case <-ctx.Done():
 		// The whole group: chromium forks zygote, renderer and GPU processes.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		killGroup(cmd)
 		<-done
 		return out.Bytes(), errb.Bytes(), fmt.Errorf("browser: chromium %s: %w (killed its process group)", strings.Join(args, " "), ctx.Err())
 	}
 	// Children left behind by a browser that exited (rare) go too.
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	killGroup(cmd)
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
