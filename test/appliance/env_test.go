@@ -6,8 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -236,38 +234,8 @@ func receivedSummary(t *testing.T, h *fixture.Host) []string {
 
 // ---- the kmsproxy binary, for exit-status tests ----
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-func moduleRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
-}
-
-// kmsproxyBin builds cmd/kmsproxy once per test run.
-func kmsproxyBin(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kmsproxy-appliance-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "kmsproxy")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/kmsproxy")
-		cmd.Dir = moduleRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = errors.New(string(out))
-		}
-	})
-	if binErr != nil {
-		t.Fatalf("building kmsproxy: %v", binErr)
-	}
-	return binPath
-}
+// kmsproxyBin is the binary under test, built once (fixture.Binary).
+func kmsproxyBin(t *testing.T) string { return fixture.Binary(t) }
 
 // runBin runs the binary and returns stdout, stderr and the exit status.
 func runBin(t *testing.T, args ...string) (string, string, int) {
@@ -289,8 +257,6 @@ func runBin(t *testing.T, args ...string) (string, string, int) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	fixture.RemoveBinary()
 	os.Exit(code)
 }

@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,30 +17,8 @@ import (
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
-
-// kmsproxyBinary builds cmd/kmsproxy once per test run.
-func kmsproxyBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kmsproxy-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "kmsproxy")
-		buildOut, buildErr = exec.Command("go", "build", "-o", binPath, "../../cmd/kmsproxy").CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("build: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
+// kmsproxyBinary is the binary under test, built once (fixture.Binary).
+func kmsproxyBinary(t *testing.T) string { return fixture.Binary(t) }
 
 // Loopback sources: 127.0.0.2 and .3 are zone dmz, 127.0.0.9 is in no zone.
 const (

@@ -69,7 +69,7 @@ func ipCmd(t *testing.T, args ...string) {
 }
 
 func systemResolverChild(t *testing.T) {
-	buildOnce.Do(func() { binPath = os.Getenv(binEnv) })
+	fixture.UseBinary(os.Getenv(binEnv))
 	ipCmd(t, "link", "set", "lo", "up")
 	ipCmd(t, "addr", "add", nsProxy+"/32", "dev", "lo")
 	ipCmd(t, "addr", "add", nsClient+"/32", "dev", "lo")

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,30 +17,8 @@ import (
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
-
-// kmsproxyBinary builds cmd/kmsproxy once per test run.
-func kmsproxyBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kmsproxy-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "kmsproxy")
-		buildOut, buildErr = exec.Command("go", "build", "-o", binPath, "../../cmd/kmsproxy").CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("build: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
+// kmsproxyBinary is the binary under test, built once (fixture.Binary).
+func kmsproxyBinary(t *testing.T) string { return fixture.Binary(t) }
 
 // proc is a kmsproxy serve process with its stdout events.
 type proc struct {
