@@ -67,68 +67,13 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 	opts.Cores = append(opts.Cores, d.Opts.Cores...)
 	opts.Logger = func(l *zap.Logger) { s.Opts.Logger(l); d.Opts.Logger(l) }
 	e := fixture.StartEnvWith(t, fixture.Replay, cfg, opts)
-	closed := 0
-	step := func() {
-		closed++
-		waitCount(t, e, event.ActionConnectionClosed, closed)
-	}
-
-	activate(t, e, srcDMZ) // accepted, bind-allowed, shadow-decision, kms-activation, kms-clock-skew, closed
-	step()
-	activate(t, e, srcDMZ2) // same client machine ID from another source: kms-duplicate-cmid
-	step()
-	// The second activation from 127.0.0.2 within the minute: rate-limited.
-	cl := e.Dial(srcDMZ)
-	cl.Send(win.C2S[0])
-	cl.MustRecv()
-	cl.Send(win.C2S[1])
-	cl.MustRecv()
-	cl.Send(win.C2S[2])
-	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeFault {
-		t.Fatalf("rate-limited activation got %v", p.Type)
-	}
-	cl.ExpectClosed(5 * time.Second)
-	step()
-	refusedSAMRBind(t, e, srcDMZ) // bind-refused
-	step()
-	// Office-only zone asking for a Windows activation: request-refused.
-	cl = e.Dial(srcOffice)
-	cl.Send(win.C2S[0])
-	cl.MustRecv()
-	cl.Send(win.C2S[1])
-	cl.MustRecv()
-	cl.Send(win.C2S[2])
-	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeFault {
-		t.Fatalf("office-only Windows activation got %v", p.Type)
-	}
-	cl.ExpectClosed(5 * time.Second)
-	step()
-	// A second bind on one connection: protocol-violation.
-	cl = e.Dial(srcDMZ)
-	cl.Send(win.C2S[0])
-	cl.MustRecv()
-	cl.SendErr(win.C2S[0])
-	cl.ExpectClosed(5 * time.Second)
-	step()
-	refusedAtAccept(t, e, srcNowhere) // connection-refused
-	if err := e.Reload("rules: [oops\n"); err == nil {
-		t.Fatal("invalid reload accepted")
-	}
-	if err := e.Reload(cfg); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
+	driveProxyActions(t, e, cfg)
 	// No upstream at all: upstream-unavailable, from a second proxy on the
 	// same sink.
 	o2 := s.Opts
 	o2.Metrics = nil
 	e2 := fixture.StartProxyWith(t, e.Host, strings.ReplaceAll(baseConfig+detailLog, "UPSTREAM", deadAddr), o2)
-	cl = e2.Dial(srcDMZ)
-	cl.Send(win.C2S[0])
-	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindNak {
-		t.Fatalf("no upstream: got %v", p.Type)
-	}
-	cl.ExpectClosed(5 * time.Second)
-	waitCount(t, e2, event.ActionConnectionClosed, 1)
+	upstreamUnavailable(t, e2)
 	// The warning is teed to stdout first and to the sink after: wait for
 	// it at rsyslog itself before closing the sink.
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(strings.Join(rs.messages("tcp"), "\n"), " log-events-dropped "); {
@@ -185,4 +130,58 @@ func TestEveryActionAtRsyslog(t *testing.T) {
 	if r := first[event.ActionKMSDuplicateCMID]; r.m != nil && r.m.PRI != 16*8+4 {
 		t.Errorf("kms-duplicate-cmid PRI %d, want %d (warning)", r.m.PRI, 16*8+4)
 	}
+}
+
+// driveProxyActions makes one proxy, started with cfg (detail logging, one
+// activation a minute per source, a shadow policy), write every action its
+// clients and reloads can cause: connection-accepted, bind-allowed,
+// shadow-decision, kms-activation, kms-clock-skew and connection-closed
+// (an activation), kms-duplicate-cmid (the same CMID from another source),
+// rate-limited, bind-refused, request-refused (Windows from the
+// Office-only zone), protocol-violation (a second bind),
+// connection-refused, config-reload-failed and config-reloaded. The
+// actions that need another proxy or sink are each caller's.
+func driveProxyActions(t *testing.T, e *fixture.Env, cfg string) {
+	t.Helper()
+	closed := 0
+	step := func() {
+		closed++
+		waitCount(t, e, event.ActionConnectionClosed, closed)
+	}
+	activate(t, e, srcDMZ)
+	step()
+	activate(t, e, srcDMZ2) // the same client machine ID from another source
+	step()
+	refusedRequest(t, e, srcDMZ, true) // the second activation within the minute: rate-limited
+	step()
+	refusedSAMRBind(t, e, srcDMZ) // bind-refused
+	step()
+	refusedRequest(t, e, srcOffice, true) // Windows from the Office-only zone: request-refused
+	step()
+	cl := e.Dial(srcDMZ) // a second bind on one connection: protocol-violation
+	cl.Send(win.C2S[0])
+	cl.MustRecv()
+	cl.SendErr(win.C2S[0])
+	cl.ExpectClosed(5 * time.Second)
+	step()
+	refusedAtAccept(t, e, srcNowhere) // connection-refused
+	if err := e.Reload("rules: [oops\n"); err == nil {
+		t.Fatal("invalid reload accepted")
+	}
+	if err := e.Reload(cfg); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+}
+
+// upstreamUnavailable binds through e2, a proxy whose upstream is a
+// closed port: bind_nak, closed, upstream-unavailable.
+func upstreamUnavailable(t *testing.T, e2 *fixture.Env) {
+	t.Helper()
+	cl := e2.Dial(srcDMZ)
+	cl.Send(win.C2S[0])
+	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindNak {
+		t.Fatalf("no upstream: got %v", p.Type)
+	}
+	cl.ExpectClosed(5 * time.Second)
+	waitCount(t, e2, event.ActionConnectionClosed, 1)
 }

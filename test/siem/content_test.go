@@ -79,44 +79,11 @@ func recordEveryAction(t *testing.T) *recording {
 	po.Cores = append(po.Cores, d.Opts.Cores...)
 	po.Logger = func(l *zap.Logger) { s.Opts.Logger(l); d.Opts.Logger(l) }
 	e := fixture.StartEnvWith(t, fixture.Replay, cfg, po)
-	closed := 0
-	step := func() {
-		closed++
-		waitCount(t, e, event.ActionConnectionClosed, closed)
-	}
-	activate(t, e, srcDMZ) // accepted, bind-allowed, shadow-decision, kms-clock-skew, kms-activation, closed
-	step()
-	activate(t, e, srcDMZ2) // the same CMID from another source: kms-duplicate-cmid
-	step()
-	refusedRequest(t, e, srcDMZ, true) // the second activation within the minute: rate-limited
-	step()
-	refusedSAMRBind(t, e, srcDMZ) // bind-refused
-	step()
-	refusedRequest(t, e, srcOffice, true) // Windows from the Office-only zone: request-refused
-	step()
-	cl := e.Dial(srcDMZ) // a second bind: protocol-violation
-	cl.Send(win.C2S[0])
-	cl.MustRecv()
-	cl.SendErr(win.C2S[0])
-	cl.ExpectClosed(5 * time.Second)
-	step()
-	refusedAtAccept(t, e, srcNowhere) // connection-refused
-	if err := e.Reload("rules: [oops\n"); err == nil {
-		t.Fatal("invalid reload accepted")
-	}
-	if err := e.Reload(cfg); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
+	driveProxyActions(t, e, cfg)
 	o2 := s.Opts
 	o2.Metrics = nil
 	e2 := fixture.StartProxyWith(t, e.Host, strings.ReplaceAll(baseConfig+detailLog, "UPSTREAM", deadAddr), o2)
-	cl = e2.Dial(srcDMZ) // no host reachable: upstream-unavailable
-	cl.Send(win.C2S[0])
-	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindNak {
-		t.Fatalf("no upstream: got %v", p.Type)
-	}
-	cl.ExpectClosed(5 * time.Second)
-	waitCount(t, e2, event.ActionConnectionClosed, 1)
+	upstreamUnavailable(t, e2)
 	if err := e.Reload(allowsNothingConfig); err != nil { // policy-allows-nothing
 		t.Fatalf("reload: %v", err)
 	}
@@ -136,7 +103,7 @@ func recordEveryAction(t *testing.T) *recording {
 	waitCount(t, e3, event.ActionConnectionClosed, 1)
 	refusedRequest(t, e3, srcDMZ, false) // rate-limited
 	waitCount(t, e3, event.ActionConnectionClosed, 2)
-	cl = e3.Dial(srcDMZ) // bind-refused
+	cl := e3.Dial(srcDMZ) // bind-refused
 	cl.Send(bindTo("samr"))
 	cl.ExpectClosed(5 * time.Second)
 	waitCount(t, e3, event.ActionConnectionClosed, 3)

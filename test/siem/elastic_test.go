@@ -13,7 +13,6 @@ import (
 
 	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/event/syslog"
-	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/test/ecs"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
@@ -54,53 +53,7 @@ func TestElasticSamples(t *testing.T) {
 	dead.Close()
 	d := newSink(t, syslog.Options{Address: "tcp://" + deadAddr, Level: "info", WarnInterval: 200 * time.Millisecond}, nil)
 	e := fixture.StartEnvWith(t, fixture.Replay, cfg, d.Opts)
-	closed := 0
-	step := func() {
-		closed++
-		waitCount(t, e, event.ActionConnectionClosed, closed)
-	}
-
-	activate(t, e, srcDMZ) // accepted, bind-allowed, shadow-decision, kms-activation, kms-clock-skew, closed
-	step()
-	activate(t, e, srcDMZ2) // the same client machine ID from another source: kms-duplicate-cmid
-	step()
-	cl := e.Dial(srcDMZ) // a second activation within the minute: rate-limited
-	cl.Send(win.C2S[0])
-	cl.MustRecv()
-	cl.Send(win.C2S[1])
-	cl.MustRecv()
-	cl.Send(win.C2S[2])
-	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeFault {
-		t.Fatalf("rate-limited activation got %v", p.Type)
-	}
-	cl.ExpectClosed(5 * time.Second)
-	step()
-	refusedSAMRBind(t, e, srcDMZ) // bind-refused
-	step()
-	cl = e.Dial(srcOffice) // a Windows activation from office-only: request-refused
-	cl.Send(win.C2S[0])
-	cl.MustRecv()
-	cl.Send(win.C2S[1])
-	cl.MustRecv()
-	cl.Send(win.C2S[2])
-	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeFault {
-		t.Fatalf("office-only Windows activation got %v", p.Type)
-	}
-	cl.ExpectClosed(5 * time.Second)
-	step()
-	cl = e.Dial(srcDMZ) // a second bind: protocol-violation
-	cl.Send(win.C2S[0])
-	cl.MustRecv()
-	cl.SendErr(win.C2S[0])
-	cl.ExpectClosed(5 * time.Second)
-	step()
-	refusedAtAccept(t, e, srcNowhere) // connection-refused
-	if err := e.Reload("rules: [oops\n"); err == nil {
-		t.Fatal("invalid reload accepted")
-	}
-	if err := e.Reload(cfg); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
+	driveProxyActions(t, e, cfg)
 	// What serve runs beside the proxy: the DNS responder (dns-query,
 	// dns-refused) and the shared state (state-degraded, state-restored),
 	// on a logger at debug (dns-query is a debug event), as under
@@ -118,13 +71,7 @@ func TestElasticSamples(t *testing.T) {
 
 	// No upstream reachable: upstream-unavailable.
 	e2 := fixture.StartProxyWith(t, e.Host, strings.ReplaceAll(baseConfig+detailLog, "UPSTREAM", deadAddr), fixture.ProxyOptions{Level: "info"})
-	cl = e2.Dial(srcDMZ)
-	cl.Send(win.C2S[0])
-	if p := fixture.Parse(t, cl.MustRecv()); p.Type != rpcparse.PTypeBindNak {
-		t.Fatalf("no upstream: got %v", p.Type)
-	}
-	cl.ExpectClosed(5 * time.Second)
-	waitCount(t, e2, event.ActionConnectionClosed, 1)
+	upstreamUnavailable(t, e2)
 	// A policy without an allow rule: policy-allows-nothing.
 	e3 := fixture.StartProxyWith(t, e.Host, strings.ReplaceAll(denyOnlyConfig, "UPSTREAM", e.Host.Addr()), fixture.ProxyOptions{Level: "info"})
 	waitCount(t, e3, event.ActionPolicyAllowsNothing, 1)
