@@ -46,26 +46,11 @@ rules:
 // first message of each action is written to FILE (docs/siem.md uses them).
 func TestEveryActionAtRsyslog(t *testing.T) {
 	rs := startRsyslog(t)
-	shadow := filepath.Join(t.TempDir(), "candidate.yaml")
-	if err := os.WriteFile(shadow, []byte(shadowConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := strings.Replace(baseConfig, "activations_per_minute_per_source: 100000", "activations_per_minute_per_source: 1", 1) +
-		"shadow: { config: \"" + shadow + "\" }\n" + detailLog
-
+	cfg := everyActionConfig(t)
 	s := newSink(t, syslog.Options{Address: "tcp://" + rs.TCPAddr, Level: "info", Version: "9.9.9"}, nil)
 	// A second sink aimed at a closed port: its drop warnings reach
 	// rsyslog through the first.
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
-	d := newSink(t, syslog.Options{Address: "tcp://" + deadAddr, Level: "info", WarnInterval: 200 * time.Millisecond}, s.Opts.Metrics)
-	opts := s.Opts
-	opts.Cores = append(opts.Cores, d.Opts.Cores...)
-	opts.Logger = func(l *zap.Logger) { s.Opts.Logger(l); d.Opts.Logger(l) }
+	opts, deadAddr := withDeadSink(t, s)
 	e := fixture.StartEnvWith(t, fixture.Replay, cfg, opts)
 	driveProxyActions(t, e, cfg)
 	// No upstream at all: upstream-unavailable, from a second proxy on the
@@ -184,4 +169,50 @@ func upstreamUnavailable(t *testing.T, e2 *fixture.Env) {
 	}
 	cl.ExpectClosed(5 * time.Second)
 	waitCount(t, e2, event.ActionConnectionClosed, 1)
+}
+
+// everyActionConfig is baseConfig with one activation a minute per source,
+// a shadow policy and detail logging: what driveProxyActions needs.
+func everyActionConfig(t *testing.T) string {
+	t.Helper()
+	shadow := filepath.Join(t.TempDir(), "candidate.yaml")
+	if err := os.WriteFile(shadow, []byte(shadowConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return oneAMinute() + "shadow: { config: \"" + shadow + "\" }\n" + detailLog
+}
+
+// oneAMinute is baseConfig allowing one activation a minute per source.
+func oneAMinute() string {
+	return strings.Replace(baseConfig, "activations_per_minute_per_source: 100000", "activations_per_minute_per_source: 1", 1)
+}
+
+// closedPort is a loopback address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := dead.Addr().String()
+	dead.Close()
+	return addr
+}
+
+// withDeadSink tees a second sink, aimed at a closed port, beside s (on
+// s's metrics; s nil: alone, on its own): its log-events-dropped warnings
+// reach stdout and s. It returns the proxy options and the closed address
+// (an upstream nothing answers on, too).
+func withDeadSink(t *testing.T, s *sinkFor) (fixture.ProxyOptions, string) {
+	t.Helper()
+	deadAddr := closedPort(t)
+	o := syslog.Options{Address: "tcp://" + deadAddr, Level: "info", WarnInterval: 200 * time.Millisecond}
+	if s == nil {
+		return newSink(t, o, nil).Opts, deadAddr
+	}
+	d := newSink(t, o, s.Opts.Metrics)
+	opts := s.Opts
+	opts.Cores = append(opts.Cores, d.Opts.Cores...)
+	opts.Logger = func(l *zap.Logger) { s.Opts.Logger(l); d.Opts.Logger(l) }
+	return opts, deadAddr
 }

@@ -2,15 +2,11 @@ package siem
 
 import (
 	"flag"
-	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/kmsproxy/kmsproxy/event"
 	"github.com/kmsproxy/kmsproxy/event/syslog"
@@ -60,24 +56,10 @@ const cefHostname = "kmsproxy-gw"
 func recordEveryAction(t *testing.T) *recording {
 	rs := startRsyslog(t)
 	rec := &recording{json: map[string]map[string]any{}, raw: map[string]string{}, cef: map[string]string{}}
-	shadow := filepath.Join(t.TempDir(), "candidate.yaml")
-	if err := os.WriteFile(shadow, []byte(shadowConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	oneAMinute := strings.Replace(baseConfig, "activations_per_minute_per_source: 100000", "activations_per_minute_per_source: 1", 1)
-	cfg := oneAMinute + "shadow: { config: \"" + shadow + "\" }\n" + detailLog
+	cfg := everyActionConfig(t)
 	opts := syslog.Options{Address: "tcp://" + rs.TCPAddr, Format: "cef", Level: "info", Version: "9.9.9", Hostname: cefHostname}
 	s := newSink(t, opts, nil)
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
-	d := newSink(t, syslog.Options{Address: "tcp://" + deadAddr, Level: "info", WarnInterval: 200 * time.Millisecond}, s.Opts.Metrics)
-	po := s.Opts
-	po.Cores = append(po.Cores, d.Opts.Cores...)
-	po.Logger = func(l *zap.Logger) { s.Opts.Logger(l); d.Opts.Logger(l) }
+	po, deadAddr := withDeadSink(t, s)
 	e := fixture.StartEnvWith(t, fixture.Replay, cfg, po)
 	driveProxyActions(t, e, cfg)
 	o2 := s.Opts
@@ -96,7 +78,7 @@ func recordEveryAction(t *testing.T) *recording {
 	// The refusals again under on_deny: drop: each client sees its
 	// connection closed and no answer.
 	before := len(rs.messages("tcp"))
-	drop := strings.Replace(oneAMinute, "on_deny: reject", "on_deny: drop", 1) + detailLog
+	drop := strings.Replace(oneAMinute(), "on_deny: reject", "on_deny: drop", 1) + detailLog
 	s3 := newSink(t, opts, nil)
 	e3 := fixture.StartEnvWith(t, fixture.Replay, drop, s3.Opts)
 	activate(t, e3, srcDMZ)

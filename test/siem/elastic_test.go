@@ -3,16 +3,13 @@ package siem
 import (
 	"bytes"
 	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kmsproxy/kmsproxy/event"
-	"github.com/kmsproxy/kmsproxy/event/syslog"
 	"github.com/kmsproxy/kmsproxy/test/ecs"
 	"github.com/kmsproxy/kmsproxy/test/fixture"
 )
@@ -37,22 +34,10 @@ var denyOnlyConfig = baseConfig[:strings.Index(baseConfig, "rules:")] + `rules:
 // are rewritten from this run's first event of each action (stdout, as
 // an ndjson shipper reads it).
 func TestElasticSamples(t *testing.T) {
-	shadow := filepath.Join(t.TempDir(), "candidate.yaml")
-	if err := os.WriteFile(shadow, []byte(shadowConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := strings.Replace(baseConfig, "activations_per_minute_per_source: 100000", "activations_per_minute_per_source: 1", 1) +
-		"shadow: { config: \"" + shadow + "\" }\n" + detailLog
-
+	cfg := everyActionConfig(t)
 	// A sink aimed at a closed port: its drop warnings go to stdout.
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
-	d := newSink(t, syslog.Options{Address: "tcp://" + deadAddr, Level: "info", WarnInterval: 200 * time.Millisecond}, nil)
-	e := fixture.StartEnvWith(t, fixture.Replay, cfg, d.Opts)
+	opts, deadAddr := withDeadSink(t, nil)
+	e := fixture.StartEnvWith(t, fixture.Replay, cfg, opts)
 	driveProxyActions(t, e, cfg)
 	// What serve runs beside the proxy: the DNS responder (dns-query,
 	// dns-refused) and the shared state (state-degraded, state-restored),
