@@ -169,10 +169,12 @@ func (s *Server) serveUDP() {
 			continue
 		}
 		res := r.Answer(in[:n], src.Addr(), true, out[:0])
+		// Logged before it is sent, as on TCP: a client that has its answer
+		// (or refusal) can rely on the event already existing.
+		s.record(r, &res, src, "udp")
 		if res.Response != nil {
 			s.udp.WriteToUDPAddrPort(res.Response, src)
 		}
-		s.record(r, &res, src, "udp")
 	}
 }
 
