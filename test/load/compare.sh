@@ -12,7 +12,9 @@
 # (Debian's nginx package may want to start a system nginx on port 80;
 # this script never uses it: its nginx runs from its own config in $OUT.)
 # Everything it starts it stops on exit; it only listens on and talks to
-# 127.0.0.1.
+# 127.0.0.1. Shared with the other load scripts: lib.sh (build, ports,
+# processes, $OUT, the HAProxy config) and bench.yaml (the kmsproxy
+# config, edited in kmsproxy_conf below).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}              # interleaved rounds of {direct, haproxy, nginx, kmsproxy}
@@ -33,12 +35,8 @@ POOL_CONF=${POOL_CONF:-"{ enabled: true }"}  # the upstream_pool value written w
 POOL_SIZE=${POOL_SIZE:-4}        # the pool's association bound (pool.DefaultMaxAssociations): host-connections target
 HOST_PORT=21688 KMSPROXY_PORT=21689 HAPROXY_PORT=21690 MGMT_PORT=21691 NGINX_PORT=21692 HOST_STATS_PORT=21693
 
-root=$(cd "$(dirname "$0")/../.." && pwd)
-OUT=${OUT:-$(mktemp -d /tmp/kmscompare.XXXXXX)}
-mkdir -p "$OUT/bin" "$OUT/etc" "$OUT/log"
-# Config and log in different directories, as in /etc and /var/log: the
-# proxy watches its config directory, and a log written there would wake
-# the watcher on every event.
+# shellcheck source=test/load/lib.sh
+. "$(dirname "$0")/lib.sh"   # root, OUT (default /tmp/kmscompare.XXXXXX), cleanup of $pids on exit
 results=$OUT/results.jsonl
 : >"$results"
 
@@ -47,36 +45,15 @@ command -v haproxy >/dev/null || { echo "compare.sh: haproxy not found ($need)" 
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$NGINX" ] || { echo "compare.sh: nginx not found ($need)" >&2; exit 1; }
 [ -f "$NGINX_STREAM_MODULE" ] || { echo "compare.sh: nginx stream module $NGINX_STREAM_MODULE not found ($need, or set NGINX_STREAM_MODULE)" >&2; exit 1; }
-for port in $HOST_PORT $KMSPROXY_PORT $HAPROXY_PORT $MGMT_PORT $NGINX_PORT $HOST_STATS_PORT; do
-	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-		echo "compare.sh: something already listens on 127.0.0.1:$port" >&2
-		exit 1
-	fi
-done
+ports_free $HOST_PORT $KMSPROXY_PORT $HAPROXY_PORT $MGMT_PORT $NGINX_PORT $HOST_STATS_PORT
 hard=$(ulimit -Hn)
 if [ "$hard" != unlimited ] && [ "$hard" -lt 20000 ]; then
 	echo "compare.sh: hard open-file limit $hard < 20000; lower IDLE_N" >&2
 fi
 ulimit -n 20000
 
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-wait_port() {
-	for _ in $(seq 100); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		sleep 0.1
-	done
-	echo "compare.sh: nothing listening on 127.0.0.1:$1" >&2
-	exit 1
-}
-
 echo "== building into $OUT/bin"
-(cd "$root" && go build -o "$OUT/bin/" ./cmd/kmsproxy ./test/load/cmd/kmsload ./test/load/cmd/kmshost)
+build
 # The tree may be shared with people changing the proxy: say what was built.
 echo "== source: $(git -C "$root" log -1 --format='%h %cI %s' | cut -c1-100)"
 dirs="cmd proxy rpcparse acl config assoc event pool"
@@ -84,48 +61,23 @@ dirty=$(git -C "$root" status --short -- $dirs | wc -l)
 echo "== uncommitted changes under $dirs: $dirty file(s)"
 load=$OUT/bin/kmsload
 
-# kmsproxy_conf LOG_ALLOWED POOL: the config, with log.allowed when the
-# first is not empty, upstream_pool $POOL_CONF when the second is 1 and
-# upstream_pool { enabled: false } when it is "off" (the gateway is on by
-# default where the build has it).
+# kmsproxy_conf LOG_ALLOWED POOL: bench.yaml under this header, with
+# log.allowed when the first is not empty, upstream_pool $POOL_CONF when
+# the second is 1 and upstream_pool { enabled: false } when it is "off"
+# (the gateway is on by default where the build has it).
 kmsproxy_conf() {
-	local allowed=""
-	if [ -n "$1" ]; then allowed=$'\n'"  allowed: $1"; fi
+	local allowed=()
+	if [ -n "$1" ]; then allowed=("/^  format: ecs\$/a\  allowed: $1"); fi
 	cat <<EOF
 # Realistic policy (zone, KMS rule with a kms: block, events logged as ECS
 # JSON to a file on disk: with log.allowed summary the allowed path's
 # summary events, every refusal in full); limits raised so the benchmark
 # measures the proxy, not its refusals.
-listen: "127.0.0.1:$KMSPROXY_PORT"
-upstreams: ["127.0.0.1:$HOST_PORT"]
-zones:
-  dmz: ["127.0.0.0/8"]
-rules:
-  - name: dmz-activation
-    from: [dmz]
-    interface: kms
-    opnums: [0]
-    auth: [none]
-    kms:
-      versions: [4, 5, 6]
-      applications: [windows, office2010, office2013]
-      reject_malformed: true
-    action: allow
-on_deny: reject
-limits:
-  connections: 12000
-  connections_per_source: 12000
-  activations_per_minute_per_source: 1000000
-  handshake_timeout: 60s     # the idle test holds unbound connections ${IDLE_HOLD}s
-  idle_timeout: 60s
-log:
-  level: info
-  format: ecs$allowed
-management:
-  listen: "127.0.0.1:$MGMT_PORT"
-kms_watch:
-  max_clock_skew: 720h       # the captured requests are dated 2026-11-22: no skew warning per activation
 EOF
+	bench_config \
+		"s/^  handshake_timeout: 60s\$/&     # the idle test holds unbound connections ${IDLE_HOLD}s/" \
+		"s/^  max_clock_skew: 720h\$/&       # the captured requests are dated 2026-11-22: no skew warning per activation/" \
+		"${allowed[@]}"
 	if [ "$2" = 1 ]; then printf 'upstream_pool: %s\n' "$POOL_CONF"; fi
 	if [ "$2" = off ]; then printf 'upstream_pool: { enabled: false }\n'; fi
 }
@@ -151,31 +103,7 @@ conf_ok "$log_allowed" "$pool" || { cat "$OUT/check.txt" >&2; echo "compare.sh: 
 # 10,000 of them, as issue 13 asks; without it 2 fds each, as the relays.
 IDLE_BIND_N_KMSPROXY=${IDLE_BIND_N_KMSPROXY:-$([ $pool = 1 ] && echo "$IDLE_N" || echo "$IDLE_BIND_N")}
 
-hlog=""
-if [ "$HAPROXY_LOG" = 1 ]; then hlog="    log stdout format raw local0"; fi
-cat >"$OUT/haproxy.cfg" <<EOF
-global
-    nbthread $HAPROXY_THREADS
-    maxconn 9950
-$hlog
-
-defaults
-    mode tcp
-    log global
-    option tcplog
-    timeout connect 3s
-    timeout client 60s
-    timeout server 60s
-
-frontend kms
-    bind 127.0.0.1:$HAPROXY_PORT
-    maxconn 9950
-    tcp-request connection reject unless { src 127.0.0.0/8 }
-    default_backend kmshost
-
-backend kmshost
-    server kms1 127.0.0.1:$HOST_PORT
-EOF
+haproxy_conf "$HAPROXY_PORT" "$HAPROXY_THREADS" "$HAPROXY_LOG" >"$OUT/haproxy.cfg"
 haproxy -c -q -f "$OUT/haproxy.cfg"
 
 # nginx: the stream module as a blind relay beside HAProxy, with the same
@@ -221,8 +149,7 @@ EOF
 nginx_args=(-p "$OUT/nginx/" -c "$OUT/nginx/nginx.conf" -e "$OUT/log/nginx-error.log")
 "$NGINX" -t -q "${nginx_args[@]}"
 
-"$OUT/bin/kmshost" -listen "127.0.0.1:$HOST_PORT" -stats "127.0.0.1:$HOST_STATS_PORT" >"$OUT/kmshost.log" 2>&1 &
-host_pid=$!; pids+=("$host_pid")
+start_host -stats "127.0.0.1:$HOST_STATS_PORT"
 haproxy_pid="" kmsproxy_pid="" nginx_pid="" nginx_pids=""
 start_nginx() {
 	"$NGINX" "${nginx_args[@]}" >>"$OUT/log/nginx-error.log" 2>&1 &
@@ -242,20 +169,6 @@ start_haproxy() {
 	haproxy_pid=$!; pids+=("$haproxy_pid")
 	wait_port $HAPROXY_PORT
 }
-start_kmsproxy() {
-	"$OUT/bin/kmsproxy" serve --config "$OUT/etc/kmsproxy.yaml" >>"$OUT/log/kmsproxy.log" 2>&1 &
-	kmsproxy_pid=$!; pids+=("$kmsproxy_pid")
-	wait_port $KMSPROXY_PORT
-}
-# stop PID: end one process this script started, and wait for it.
-stop() {
-	kill "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-	local keep=() p
-	for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-	pids=("${keep[@]}")
-}
-wait_port $HOST_PORT
 start_haproxy
 start_nginx
 start_kmsproxy

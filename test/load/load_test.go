@@ -2,6 +2,7 @@ package load
 
 import (
 	"context"
+	_ "embed"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,39 +16,21 @@ import (
 	"github.com/kmsproxy/kmsproxy/proxy"
 )
 
-// benchConfig is the comparison script's kmsproxy policy: the example's
-// zone and KMS rule, limits raised so load measures the proxy.
-const benchConfig = `
-listen: "127.0.0.1:0"
-upstreams: ["UPSTREAM"]
-zones:
-  dmz: ["127.0.0.0/8"]
-rules:
-  - name: dmz-activation
-    from: [dmz]
-    interface: kms
-    opnums: [0]
-    auth: [none]
-    kms:
-      versions: [4, 5, 6]
-      applications: [windows, office2010, office2013]
-      reject_malformed: true
-    action: allow
-on_deny: reject
-limits:
-  connections: 12000
-  connections_per_source: 12000
-  activations_per_minute_per_source: 1000000
-  handshake_timeout: 60s
-  idle_timeout: 60s
-log:
-  level: info
-  format: ecs
-management:
-  listen: "127.0.0.1:9464" # never bound in-process
-kms_watch:
-  max_clock_skew: 720h
-`
+// benchYAML is the load scripts' kmsproxy policy (bench.yaml, which
+// compare.sh, profile.sh, soak.sh and state.sh write through lib.sh): the
+// example's zone and KMS rule, limits raised so load measures the proxy.
+//
+//go:embed bench.yaml
+var benchYAML string
+
+// benchConfig is benchYAML in-process: any listen address (startProxy
+// listens itself), UPSTREAM for the test host's address, and a management
+// address that is never bound in-process.
+var benchConfig = strings.NewReplacer(
+	`"127.0.0.1:21689"`, `"127.0.0.1:0"`,
+	`"127.0.0.1:21688"`, `"UPSTREAM"`,
+	`"127.0.0.1:21691"`, `"127.0.0.1:9464"`,
+).Replace(benchYAML)
 
 func loadCaptures(tb testing.TB) []Capture {
 	tb.Helper()

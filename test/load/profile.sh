@@ -5,64 +5,24 @@
 #   2. strace -c: system calls per activation;
 #   3. the in-process benchmark's pprof CPU and allocation profiles.
 # Not part of CI. Needs perf (apt-get install -y linux-perf) and strace.
+# Builds, ports and processes as the other load scripts (lib.sh); the
+# kmsproxy config is bench.yaml unchanged, on this script's ports.
 #
 #   test/load/profile.sh            # OUT=/tmp/kmsprofile.XXXX SECS=10 CONC=64
 set -euo pipefail
 SECS=${SECS:-10}
 CONC=${CONC:-64}
 HOST_PORT=21698 KMSPROXY_PORT=21699 MGMT_PORT=21697
-root=$(cd "$(dirname "$0")/../.." && pwd)
-OUT=${OUT:-$(mktemp -d /tmp/kmsprofile.XXXXXX)}
-mkdir -p "$OUT/bin" "$OUT/etc" "$OUT/log"
-# Config and log in different directories, as in /etc and /var/log: the
-# proxy watches its config directory, and a log written there would wake
-# the watcher on every event.
-(cd "$root" && go build -o "$OUT/bin/" ./cmd/kmsproxy ./test/load/cmd/kmsload ./test/load/cmd/kmshost)
+# shellcheck source=test/load/lib.sh
+. "$(dirname "$0")/lib.sh"
+build
 load=$OUT/bin/kmsload
 
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done' EXIT
-wait_port() {
-	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-	echo "nothing on port $1" >&2; exit 1
-}
 # The comparison's kmsproxy config, on other ports.
-sed -e "s/21689/$KMSPROXY_PORT/; s/21688/$HOST_PORT/; s/21691/$MGMT_PORT/" >"$OUT/etc/kmsproxy.yaml" <<'EOF'
-listen: "127.0.0.1:21689"
-upstreams: ["127.0.0.1:21688"]
-zones:
-  dmz: ["127.0.0.0/8"]
-rules:
-  - name: dmz-activation
-    from: [dmz]
-    interface: kms
-    opnums: [0]
-    auth: [none]
-    kms:
-      versions: [4, 5, 6]
-      applications: [windows, office2010, office2013]
-      reject_malformed: true
-    action: allow
-on_deny: reject
-limits:
-  connections: 12000
-  connections_per_source: 12000
-  activations_per_minute_per_source: 1000000
-  handshake_timeout: 60s
-  idle_timeout: 60s
-log:
-  level: info
-  format: ecs
-management:
-  listen: "127.0.0.1:21691"
-kms_watch:
-  max_clock_skew: 720h
-EOF
-"$OUT/bin/kmshost" -listen 127.0.0.1:$HOST_PORT >"$OUT/kmshost.log" 2>&1 &
-pids+=($!)
-"$OUT/bin/kmsproxy" serve --config "$OUT/etc/kmsproxy.yaml" >>"$OUT/log/kmsproxy.log" 2>&1 &
-kp=$!; pids+=($kp)
-wait_port $HOST_PORT; wait_port $KMSPROXY_PORT
+bench_config >"$OUT/etc/kmsproxy.yaml"
+start_host
+start_kmsproxy
+kp=$kmsproxy_pid
 "$load" activate -addr 127.0.0.1:$KMSPROXY_PORT -c "$CONC" -d 2s >/dev/null
 : >"$OUT/log/kmsproxy.log"
 
@@ -96,25 +56,7 @@ strace_per_activation() { # pid addr name
 strace_per_activation $kp 127.0.0.1:$KMSPROXY_PORT kmsproxy
 if command -v haproxy >/dev/null; then
 	# The comparison's HAProxy (threads = CPUs, source ACL, tcplog to a file), for reference.
-	cat >"$OUT/etc/haproxy.cfg" <<HAEOF
-global
-    nbthread $(nproc)
-    maxconn 9950
-    log stdout format raw local0
-defaults
-    mode tcp
-    log global
-    option tcplog
-    timeout connect 3s
-    timeout client 60s
-    timeout server 60s
-frontend kms
-    bind 127.0.0.1:21696
-    tcp-request connection reject unless { src 127.0.0.0/8 }
-    default_backend kmshost
-backend kmshost
-    server kms1 127.0.0.1:$HOST_PORT
-HAEOF
+	haproxy_conf 21696 "$(nproc)" 1 >"$OUT/etc/haproxy.cfg"
 	haproxy -db -f "$OUT/etc/haproxy.cfg" >>"$OUT/log/haproxy.log" 2>&1 &
 	hp=$!; pids+=($hp)
 	wait_port 21696

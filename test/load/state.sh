@@ -11,7 +11,8 @@
 #
 # Needs redis-server (apt-get install -y redis-server); it installs
 # nothing. Everything it starts it stops on exit; it only listens on and
-# talks to 127.0.0.1.
+# talks to 127.0.0.1. Builds, ports and processes as the other load
+# scripts (lib.sh); the kmsproxy config is bench.yaml, trimmed below.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}   # interleaved rounds of {local, redis}
@@ -27,55 +28,27 @@ WARMUP=${WARMUP:-2}   # seconds of unrecorded load first
 REDIS_TIMEOUT=${REDIS_TIMEOUT:-1s}
 HOST_PORT=21788 KMSPROXY_PORT=21789 MGMT_PORT=21791 REDIS_PORT=21792
 
-root=$(cd "$(dirname "$0")/../.." && pwd)
-OUT=${OUT:-$(mktemp -d /tmp/kmsstate.XXXXXX)}
-mkdir -p "$OUT/bin" "$OUT/etc" "$OUT/log" "$OUT/redis"
+# shellcheck source=test/load/lib.sh
+. "$(dirname "$0")/lib.sh"
+mkdir -p "$OUT/redis"
 command -v redis-server >/dev/null || { echo "state.sh: redis-server not found (apt-get install -y redis-server)" >&2; exit 1; }
-for port in $HOST_PORT $KMSPROXY_PORT $MGMT_PORT $REDIS_PORT; do
-	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-		echo "state.sh: something already listens on 127.0.0.1:$port" >&2
-		exit 1
-	fi
-done
+ports_free $HOST_PORT $KMSPROXY_PORT $MGMT_PORT $REDIS_PORT
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "state.sh: nothing on port $1" >&2; exit 1; }
-
-cd "$root"
 export PATH="/usr/local/go/bin:$PATH"
-go build -o "$OUT/bin/kmsproxy" ./cmd/kmsproxy
-go build -o "$OUT/bin/kmshost" ./test/load/cmd/kmshost
-go build -o "$OUT/bin/kmsload" ./test/load/cmd/kmsload
+build
 
-conf() { # $1: local | redis
-	cat <<EOF
-listen: "127.0.0.1:$KMSPROXY_PORT"
-upstreams: ["127.0.0.1:$HOST_PORT"]
-zones:
-  dmz: ["127.0.0.0/8"]
-rules:
-  - name: dmz-activation
-    from: [dmz]
-    interface: kms
-    opnums: [0]
-    auth: [none]
-    kms:
-      versions: [4, 5, 6]
-      reject_malformed: true
-    action: allow
-limits:
-  connections: 12000
-  connections_per_source: 12000
-  activations_per_minute_per_source: 1000000   # asked on every activation, never reached
-management:
-  listen: "127.0.0.1:$MGMT_PORT"
-kms_watch:
-  max_clock_skew: 720h   # the captured requests are dated 2026-11-22
-inventory:
-  path: "$OUT/$1-inventory.db"
-EOF
+# conf local|redis: bench.yaml as this script has always measured it: any
+# KMS application, on_deny, the timeouts and log at their defaults (reject;
+# 5 s, 30 s; info, ecs); each mode's own inventory, and for redis the state.
+conf() {
+	bench_config \
+		'/^      applications:/d' \
+		'/^on_deny:/d' \
+		'/^  handshake_timeout:/d; /^  idle_timeout:/d' \
+		'/^log:/,/^  format:/d' \
+		's/^  activations_per_minute_per_source: 1000000$/&   # asked on every activation, never reached/' \
+		's/^  max_clock_skew: 720h$/&   # the captured requests are dated 2026-11-22/'
+	printf 'inventory:\n  path: "%s"\n' "$OUT/$1-inventory.db"
 	if [ "$1" = redis ]; then printf 'state:\n  redis: { addresses: ["127.0.0.1:%s"], timeout: %s }\n' "$REDIS_PORT" "$REDIS_TIMEOUT"; fi
 }
 conf local >"$OUT/etc/local.yaml"
@@ -88,18 +61,15 @@ pids+=($redis_pid)
 # cpu_ticks PID: user+system clock ticks the process has used.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tck=$(getconf CLK_TCK)
-"$OUT/bin/kmshost" -listen "127.0.0.1:$HOST_PORT" >"$OUT/log/kmshost.log" 2>&1 &
-pids+=($!)
+start_host
 wait_port $REDIS_PORT
-wait_port $HOST_PORT
 
 results=$OUT/results.jsonl
 : >"$results"
 for round in $(seq "$ROUNDS"); do
 	for mode in local redis; do
-		"$OUT/bin/kmsproxy" serve --config "$OUT/etc/$mode.yaml" >>"$OUT/log/kmsproxy-$mode.log" 2>&1 &
-		kp=$!
-		wait_port $KMSPROXY_PORT
+		start_kmsproxy "$OUT/etc/$mode.yaml" "$OUT/log/kmsproxy-$mode.log"
+		kp=$kmsproxy_pid
 		"$OUT/bin/kmsload" activate -addr "127.0.0.1:$KMSPROXY_PORT" -c "$CONC" -d "${WARMUP}s" -sources "$SOURCES" >/dev/null
 		echo "round $round, $mode:"
 		r0=$(cpu_ticks "$redis_pid")
@@ -111,7 +81,7 @@ for round in $(seq "$ROUNDS"); do
 			[ -n "$n" ] && [ "$n" -gt 0 ] && echo "  redis-server: CPU $(( (r1 - r0) * 1000000 / tck / n ))µs per activation"
 			curl -s "http://127.0.0.1:$MGMT_PORT/metrics" | grep -E '^kmsproxy_state_(degraded|errors_total|local_decisions_total|call_duration_seconds_(sum|count))' | sed 's/^/  /' || true
 		fi
-		kill "$kp"; wait "$kp" 2>/dev/null || true
+		stop "$kp"
 	done
 done
 echo "results: $results (kmsload report $results)"
