@@ -378,7 +378,9 @@ func TestGatewayFailSilentHost(t *testing.T) {
 	host := fixture.StartHost(t, fixture.Silent, fixture.AnswerByStub())
 	e := startProxy(t, host, strings.ReplaceAll(gatewayConfig, "UPSTREAM", host.Addr()))
 	g := newGWClient(t)
-	const within = 2*time.Second + 2*time.Second // idle_timeout + slack
+	// idle_timeout + slack for a loaded machine (a 4 s bound was missed by
+	// 57 ms at load 12 on 2 cores); what it guards is an answer, not a hang.
+	const within = 2*time.Second + 4*time.Second
 	for i := 0; i < 2; i++ {
 		o := g.activate(e.Addr, gwSources[i], i, within+3*time.Second)
 		if o.err != nil || o.ok || o.refusal != "bind_nak" {
