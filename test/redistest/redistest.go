@@ -8,6 +8,11 @@
 //	srv.Stop(); srv.Start()                          // same port, same options, empty again
 //	certs := redistest.NewCerts(t)                   // a CA, a server and a client certificate
 //	tls := redistest.Start(t, redistest.TLS(certs))  // TLS only, client certificates required
+//	sen := redistest.StartSentinel(t, "kms", 3)      // a master, its replica, three sentinels (topology.go)
+//	cl := redistest.StartCluster(t)                  // three masters, every slot assigned
+//
+// The sentinels and the cluster are the same redis-server, each process
+// a Server, on ports picked together so no two collide.
 package redistest
 
 import (
@@ -17,7 +22,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -40,6 +44,7 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	conf string // a config file, redis-server's first argument (a sentinel's); "" for none
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -71,31 +76,39 @@ func TLS(c *Certs) Option {
 // Start starts a redis-server and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		for _, p := range []string{"/usr/bin/redis-server", "/usr/local/bin/redis-server"} {
-			if _, e := os.Stat(p); e == nil {
-				bin, err = p, nil
-				break
-			}
-		}
-	}
-	if err != nil {
-		t.Fatalf("redis-server not found; these tests need a real one: %s", Install)
-	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s := &Server{t: t, bin: lookBin(t, "redis-server"), dir: t.TempDir()}
 	for _, o := range opts {
 		o(s)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	if s.port == 0 {
+		s.port = freePorts(t, 1)[0]
 	}
-	s.port = ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	s.Start()
 	t.Cleanup(s.kill)
 	return s
+}
+
+// onPort makes Start use p, a port freePorts picked, instead of picking
+// one: a topology picks all its ports at once so no two nodes share one.
+func onPort(p int) Option {
+	return func(s *Server) { s.port = p }
+}
+
+// freePorts are n distinct ports free on 127.0.0.1 now. Each listener is
+// held until all are picked: closed one by one, the kernel could hand the
+// same port out twice.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+	}
+	return ports
 }
 
 // Addr is the server's host:port.
@@ -108,8 +121,12 @@ func (s *Server) Port() int { return s.port }
 // starts empty.
 func (s *Server) Start() {
 	s.t.Helper()
-	args := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(s.port), "--save", "", "--appendonly", "no",
-		"--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no", "--protected-mode", "no"}
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf) // redis-server reads a config file only as its first argument
+	}
+	args = append(args, "--bind", "127.0.0.1", "--port", strconv.Itoa(s.port), "--save", "", "--appendonly", "no",
+		"--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"), "--daemonize", "no", "--protected-mode", "no")
 	for _, a := range s.args {
 		if a == "PORT" {
 			a = strconv.Itoa(s.port)
@@ -271,11 +288,19 @@ func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
 // own it gets 1s, not the 25 ms default: on a CI machine running every
 // package at once a loopback round trip can take longer than 25 ms, and a
 // test about sharing must not turn into one about degrading.
-func (s *Server) Conf(extra ...string) string {
-	keys := []string{fmt.Sprintf("addresses: [%q]", s.Addr())}
-	if !slices.ContainsFunc(extra, func(k string) bool { return strings.HasPrefix(k, "timeout:") }) {
-		keys = append(keys, "timeout: 1s")
+func (s *Server) Conf(extra ...string) string { return conf(extra, []string{s.Addr()}) }
+
+// conf is a state.redis block naming addrs, with keys, and a timeout of
+// 1 s unless keys has one.
+func conf(keys []string, addrs []string) string {
+	quoted := make([]string, len(addrs))
+	for i, a := range addrs {
+		quoted[i] = strconv.Quote(a)
 	}
-	keys = append(keys, extra...)
-	return "state:\n  redis: { " + strings.Join(keys, ", ") + " }\n"
+	all := []string{"addresses: [" + strings.Join(quoted, ", ") + "]"}
+	if !slices.ContainsFunc(keys, func(k string) bool { return strings.HasPrefix(k, "timeout:") }) {
+		all = append(all, "timeout: 1s")
+	}
+	all = append(all, keys...)
+	return "state:\n  redis: { " + strings.Join(all, ", ") + " }\n"
 }
