@@ -402,10 +402,10 @@ func TestSilentHost(t *testing.T) {
 	if got := len(h.Received()); got != 1 || h.Connections() != 1 {
 		t.Errorf("host saw %d PDUs on %d connections, want the one bind", got, h.Connections())
 	}
-	// The upstream is down for DownBackoff now: the next caller fails fast.
-	t0 = time.Now()
-	if _, err := p.Negotiation(context.Background(), srcA, false); !errors.Is(err, pool.ErrUnavailable) || time.Since(t0) > 100*time.Millisecond {
-		t.Errorf("Negotiation right after = %v after %v, want ErrUnavailable at once", err, time.Since(t0))
+	// The upstream is down for DownBackoff now: the next caller fails fast,
+	// without dialling it (the proof; a wall-clock bound flakes under load).
+	if _, err := p.Negotiation(context.Background(), srcA, false); !errors.Is(err, pool.ErrUnavailable) || h.Connections() != 1 {
+		t.Errorf("Negotiation right after = %v with %d host connections, want ErrUnavailable and no new dial", err, h.Connections())
 	}
 	checkHostSaw(t, h)
 }
