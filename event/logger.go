@@ -101,7 +101,10 @@ func NewLoggerWith(o LoggerOptions) (*zap.Logger, error) {
 	}
 	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(o.Out)), lvl)
 	if len(o.Extra) > 0 {
-		core = zapcore.NewTee(append([]zapcore.Core{core}, o.Extra...)...)
+		// The sinks first: their writes only enqueue, and an event that is
+		// on stdout is then already queued for every sink, so a Close that
+		// follows what stdout showed flushes it rather than dropping it.
+		core = zapcore.NewTee(append(append([]zapcore.Core(nil), o.Extra...), core)...)
 	}
 	version := o.Version
 	if version == "" {
