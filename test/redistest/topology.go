@@ -157,7 +157,16 @@ const (
 // is in sync, every sentinel sees it as a healthy replica (so a failover
 // has a replica to promote) and, with several sentinels, each knows all
 // the others. Every process stops when the test ends.
-func StartSentinel(t testing.TB, name string, n int) *Sentinel {
+//
+// opts configure the master and the replica alike (the replica becomes
+// the master in a failover), never the sentinels: Args with server
+// settings, such as
+//
+//	redistest.StartSentinel(t, "kms", 3, redistest.Args("--min-replicas-to-write", "1", "--min-replicas-max-lag", "2"))
+//
+// An option the sentinels would need to know of (Password, TLS) leaves
+// them unable to monitor the master.
+func StartSentinel(t testing.TB, name string, n int, opts ...Option) *Sentinel {
 	t.Helper()
 	if n < 1 {
 		t.Fatalf("redistest: %d sentinels", n)
@@ -167,8 +176,8 @@ func StartSentinel(t testing.TB, name string, n int) *Sentinel {
 	// and so does the old master from the new one after a failover.
 	noDelay := Args("--repl-diskless-sync-delay", "0")
 	s := &Sentinel{Name: name, t: t}
-	s.Master = Start(t, onPort(ports[0]), noDelay)
-	s.Replica = Start(t, onPort(ports[1]), noDelay, Args("--replicaof", "127.0.0.1", strconv.Itoa(ports[0])))
+	s.Master = Start(t, append([]Option{onPort(ports[0]), noDelay}, opts...)...)
+	s.Replica = Start(t, append([]Option{onPort(ports[1]), noDelay, Args("--replicaof", "127.0.0.1", strconv.Itoa(ports[0]))}, opts...)...)
 	waitFor(t, setupWait, "the replica's link to its master", func() bool {
 		return s.Replica.Info("replication")["master_link_status"] == "up"
 	})
