@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/kmsproxy/kmsproxy/acl"
+	"github.com/kmsproxy/kmsproxy/internal/errwriter"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
 )
@@ -16,7 +17,7 @@ import (
 // `kmsproxy check`: addresses, limits, zones and the rule table in order,
 // ending with the implicit final rule.
 func (c *Config) WriteEffective(w io.Writer) error {
-	ew := &errWriter{w: w}
+	ew := &errwriter.Writer{W: w}
 	p := func(format string, args ...any) { fmt.Fprintf(ew, format, args...) }
 	p("listen:      %s\n", c.Listen)
 	p("upstreams:   %s\n", strings.Join(c.Upstreams, ", "))
@@ -73,7 +74,7 @@ func (c *Config) WriteEffective(w io.Writer) error {
 	}
 	tw.Flush()
 	p("(no match) → deny\n")
-	return ew.err
+	return ew.Err
 }
 
 func ifaceText(r acl.RuleSpec) string {
@@ -143,19 +144,4 @@ func appName(id rpcparse.UUID) string {
 		}
 	}
 	return id.String()
-}
-
-// errWriter keeps the first write error so printing code stays linear.
-type errWriter struct {
-	w   io.Writer
-	err error
-}
-
-func (e *errWriter) Write(b []byte) (int, error) {
-	if e.err != nil {
-		return 0, e.err
-	}
-	n, err := e.w.Write(b)
-	e.err = err
-	return n, err
 }

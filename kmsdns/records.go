@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kmsproxy/kmsproxy/config"
+	"github.com/kmsproxy/kmsproxy/internal/errwriter"
 )
 
 // Site is what the KMS clients of one DNS suffix must find: the SRV
@@ -82,7 +83,7 @@ func WriteRecords(w io.Writer, s Site) error {
 	if err := s.Check(); err != nil {
 		return err
 	}
-	ew := &errWriter{w: w}
+	ew := &errwriter.Writer{W: w}
 	p := func(format string, args ...any) { fmt.Fprintf(ew, format, args...) }
 	srv := "_vlmcs._tcp." + s.Domain
 	ttl := int(s.TTL / time.Second)
@@ -134,7 +135,7 @@ func WriteRecords(w io.Writer, s Site) error {
 		writeDelegation(p, s, ttl)
 	}
 	writePerClient(p, s)
-	return ew.err
+	return ew.Err
 }
 
 // writeDelegation prints what a parent zone (or the DMZ's resolver) needs
@@ -236,19 +237,4 @@ func timeSpan(d time.Duration) string {
 		s = strconv.Itoa(days) + "." + s
 	}
 	return s
-}
-
-// errWriter keeps the first write error so printing stays linear.
-type errWriter struct {
-	w   io.Writer
-	err error
-}
-
-func (e *errWriter) Write(b []byte) (int, error) {
-	if e.err != nil {
-		return 0, e.err
-	}
-	n, err := e.w.Write(b)
-	e.err = err
-	return n, err
 }

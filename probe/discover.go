@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/kmsproxy/kmsproxy/internal/errwriter"
 )
 
 // DiscoverOptions tune a discovery run.
@@ -189,7 +191,7 @@ func (d *Discovery) Verdict() string {
 // WriteTable prints what a client would find, then each address's probe
 // table, then the verdict.
 func (d *Discovery) WriteTable(w io.Writer) error {
-	ew := &errWriter{w: w}
+	ew := &errwriter.Writer{W: w}
 	fmt.Fprintf(ew, "DNS discovery: %s\n", d.Name)
 	if d.Error != "" {
 		fmt.Fprintf(ew, "  %s\n", d.Error)
@@ -215,7 +217,7 @@ func (d *Discovery) WriteTable(w io.Writer) error {
 		}
 	}
 	fmt.Fprintln(ew, "\n"+d.Verdict())
-	return ew.err
+	return ew.Err
 }
 
 // WriteJSON prints the discovery as one JSON object with "ok" and "verdict".
@@ -267,19 +269,4 @@ func ResolverAt(addr, source string) (*net.Resolver, error) {
 		}
 		return d.DialContext(ctx, network, addr)
 	}}, nil
-}
-
-// errWriter keeps the first write error so printing stays linear.
-type errWriter struct {
-	w   io.Writer
-	err error
-}
-
-func (e *errWriter) Write(b []byte) (int, error) {
-	if e.err != nil {
-		return 0, e.err
-	}
-	n, err := e.w.Write(b)
-	e.err = err
-	return n, err
 }
