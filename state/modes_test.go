@@ -25,9 +25,9 @@ import (
 // (test/redistest): what TestBucketSharedByReplicas, TestSeenCMID and
 // TestInventorySharedRows show for one server holds for them too.
 
-// checkSharedBucket is TestBucketSharedByReplicas on a and b: 64 clients
-// across the two ask 320 times at one instant for src under a limit of
-// 100, and exactly 100 are allowed.
+// checkSharedBucket: 64 clients across a and b ask 320 times at one
+// instant for src under a limit of 100, and exactly 100 are allowed (one
+// server in TestBucketSharedByReplicas; sentinels and cluster here).
 func checkSharedBucket(t *testing.T, a, b *replica, src netip.Addr) {
 	t.Helper()
 	var allowed atomic.Int64
