@@ -315,6 +315,89 @@ func (d *driver) waitShared(t *testing.T, before map[*replica]tally, n int64, wi
 	}
 }
 
+// failoverRun is two replicas behind sentinels, driven without pause by
+// a driver, with each replica's local decisions counted before it began.
+type failoverRun struct {
+	a, b *replica
+	reps []*replica
+	d    *driver
+	base map[*replica][2]float64 // kmsproxy_state_local_decisions_total per op (rate, cmid) at the start
+}
+
+// startFailoverRun makes the two replicas, checks they share the first
+// master, and starts driving them; the driver halts at the test's end
+// if the test has not halted it.
+func startFailoverRun(t *testing.T, sen *redistest.Sentinel) *failoverRun {
+	t.Helper()
+	cfg := redisConfig(t, sen.Conf("retry_interval: 100ms"))
+	a, b := newReplica(t, cfg), newReplica(t, cfg)
+	if a.Degraded() || b.Degraded() {
+		t.Fatalf("degraded at start: %v", a.logs.All())
+	}
+	checkSharedBucket(t, a, b, srcA) // on the first master
+	fr := &failoverRun{a: a, b: b, reps: []*replica{a, b}, base: map[*replica][2]float64{}}
+	for _, r := range fr.reps {
+		fr.base[r] = [2]float64{localDecisions(t, r, OpRate), localDecisions(t, r, OpCMID)}
+	}
+	fr.d = drive(fr.reps...)
+	t.Cleanup(func() {
+		select {
+		case <-fr.d.stop:
+		default:
+			fr.d.halt()
+		}
+	})
+	return fr
+}
+
+func localDecisions(t *testing.T, r *replica, op string) float64 {
+	return r.gauge(t, "kmsproxy_state_local_decisions_total", "op", op)
+}
+
+// lostCMIDs: every duplicate-table call wrote a CMID of its own, so those
+// answered by the shared state that node (the new master) lacks were
+// answered by the old master after the promotion (replication is
+// asynchronous) and are lost.
+func (fr *failoverRun) lostCMIDs(t *testing.T, node *redistest.Server) (shared, kept int64) {
+	for _, r := range fr.reps {
+		shared += fr.d.snapshot(r).shared[1]
+	}
+	return shared, int64(len(keys(t, node, "kmsproxy:cmid:*")))
+}
+
+// checkCounted returns r's tally after checking that no call was allowed
+// or flagged on an error, and that every call without a shared answer
+// was decided locally and counted (the caller's local bucket and table
+// decided those).
+func (fr *failoverRun) checkCounted(t *testing.T, i int, r *replica) tally {
+	t.Helper()
+	tl := fr.d.snapshot(r)
+	for _, bad := range tl.bad {
+		t.Errorf("replica %d: %s", i, bad)
+	}
+	if got := localDecisions(t, r, OpRate) - fr.base[r][0]; got != float64(tl.local[0]) {
+		t.Errorf("replica %d: %v rate decisions counted local, %d calls had no shared answer", i, got, tl.local[0])
+	}
+	if got := localDecisions(t, r, OpCMID) - fr.base[r][1]; got != float64(tl.local[1]) {
+		t.Errorf("replica %d: %v duplicate-table decisions counted local, %d calls had no shared answer", i, got, tl.local[1])
+	}
+	return tl
+}
+
+// checkTogetherOn: after the failover the replicas decide together on
+// node, the new master: exactly the limit for a fresh source, duplicates
+// across the replicas, and the keys on node.
+func (fr *failoverRun) checkTogetherOn(t *testing.T, node *redistest.Server, fresh netip.Addr, cmid rpcparse.UUID) {
+	t.Helper()
+	checkSharedBucket(t, fr.a, fr.b, fresh)
+	checkSharedCMID(t, fr.a, fr.b, cmid)
+	for _, k := range []string{"kmsproxy:rate:" + fresh.String(), "kmsproxy:cmid:" + cmid.String()} {
+		if n, err := node.Do("EXISTS", k); err != nil || n != int64(1) {
+			t.Errorf("%s on the new master: %v, %v", k, n, err)
+		}
+	}
+}
+
 // A failover under load: SENTINEL FAILOVER while two replicas ask the
 // shared state without pause. The sentinels name the replica the master
 // within seconds; the replicas' clients leave the old master (which stays
@@ -330,26 +413,8 @@ func (d *driver) waitShared(t *testing.T, before map[*replica]tally, n int64, wi
 // and what the old master took in between never reaches the new one.
 func TestSentinelFailover(t *testing.T) {
 	sen := redistest.StartSentinel(t, "kms-failover", 3)
-	cfg := redisConfig(t, sen.Conf("retry_interval: 100ms"))
-	a, b := newReplica(t, cfg), newReplica(t, cfg)
-	reps := []*replica{a, b}
-	if a.Degraded() || b.Degraded() {
-		t.Fatalf("degraded at start: %v", a.logs.All())
-	}
-	checkSharedBucket(t, a, b, srcA) // on the first master
-
-	local := func(r *replica, op string) float64 {
-		return r.gauge(t, "kmsproxy_state_local_decisions_total", "op", op)
-	}
-	base := map[*replica][2]float64{a: {local(a, OpRate), local(a, OpCMID)}, b: {local(b, OpRate), local(b, OpCMID)}}
-	d := drive(reps...)
-	defer func() {
-		select {
-		case <-d.stop:
-		default:
-			d.halt()
-		}
-	}()
+	fr := startFailoverRun(t, sen)
+	a, b, reps, d := fr.a, fr.b, fr.reps, fr.d
 	start := map[*replica]tally{a: {}, b: {}}
 	d.waitShared(t, start, 50, 10*time.Second)
 
@@ -396,28 +461,10 @@ func TestSentinelFailover(t *testing.T) {
 	d.waitShared(t, after, 50, 10*time.Second) // deciding on the new master
 	d.halt()
 	total := time.Since(t1)
-	// Every duplicate-table call wrote a CMID of its own: those the new
-	// master lacks were answered by the old one after the promotion
-	// (replication is asynchronous) and are lost.
-	var sharedCMID int64
-	for _, r := range reps {
-		sharedCMID += d.snapshot(r).shared[1]
-	}
-	kept := int64(len(keys(t, sen.Replica, "kmsproxy:cmid:*")))
+	sharedCMID, kept := fr.lostCMIDs(t, sen.Replica)
 
 	for i, r := range reps {
-		tl := d.snapshot(r)
-		for _, bad := range tl.bad {
-			t.Errorf("replica %d: %s", i, bad)
-		}
-		// Every call without a shared answer was decided locally, and
-		// counted: the caller's local bucket and table decided those.
-		if got := local(r, OpRate) - base[r][0]; got != float64(tl.local[0]) {
-			t.Errorf("replica %d: %v rate decisions counted local, %d calls had no shared answer", i, got, tl.local[0])
-		}
-		if got := local(r, OpCMID) - base[r][1]; got != float64(tl.local[1]) {
-			t.Errorf("replica %d: %v duplicate-table decisions counted local, %d calls had no shared answer", i, got, tl.local[1])
-		}
+		tl := fr.checkCounted(t, i, r)
 		degraded := len(r.events(event.ActionStateDegraded))
 		restored := len(r.waitEvents(t, event.ActionStateRestored, degraded))
 		if (tl.local[0]+tl.local[1] > 0) != (degraded > 0) {
@@ -434,17 +481,7 @@ func TestSentinelFailover(t *testing.T) {
 		promoted.Round(time.Millisecond), switched.Round(time.Millisecond), moved.Round(time.Millisecond), total.Round(time.Millisecond))
 	t.Logf("the new master holds %d of the %d CMIDs written with a shared answer: %d lost in the switch", kept, sharedCMID, sharedCMID-kept)
 
-	// Together on the new master: exactly the limit for a fresh source,
-	// duplicates across the replicas, the keys where the sentinels say.
-	fresh := netip.MustParseAddr("192.0.2.99")
-	checkSharedBucket(t, a, b, fresh)
-	cmid := rpcparse.MustUUID("5e171e15-0000-4000-8000-0000000000fa")
-	checkSharedCMID(t, a, b, cmid)
-	for _, k := range []string{"kmsproxy:rate:" + fresh.String(), "kmsproxy:cmid:" + cmid.String()} {
-		if n, err := sen.Replica.Do("EXISTS", k); err != nil || n != int64(1) {
-			t.Errorf("%s on the new master: %v, %v", k, n, err)
-		}
-	}
+	fr.checkTogetherOn(t, sen.Replica, netip.MustParseAddr("192.0.2.99"), rpcparse.MustUUID("5e171e15-0000-4000-8000-0000000000fa"))
 }
 
 // TestSentinelFailover's failover with min-replicas-to-write 1 on both
@@ -472,26 +509,8 @@ func TestSentinelFailoverMinReplicas(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	cfg := redisConfig(t, sen.Conf("retry_interval: 100ms"))
-	a, b := newReplica(t, cfg), newReplica(t, cfg)
-	reps := []*replica{a, b}
-	if a.Degraded() || b.Degraded() {
-		t.Fatalf("degraded at start: %v", a.logs.All())
-	}
-	checkSharedBucket(t, a, b, srcA) // on the first master
-
-	local := func(r *replica, op string) float64 {
-		return r.gauge(t, "kmsproxy_state_local_decisions_total", "op", op)
-	}
-	base := map[*replica][2]float64{a: {local(a, OpRate), local(a, OpCMID)}, b: {local(b, OpRate), local(b, OpCMID)}}
-	d := drive(reps...)
-	defer func() {
-		select {
-		case <-d.stop:
-		default:
-			d.halt()
-		}
-	}()
+	fr := startFailoverRun(t, sen)
+	a, b, reps, d := fr.a, fr.b, fr.reps, fr.d
 	d.waitShared(t, map[*replica]tally{a: {}, b: {}}, 50, 10*time.Second)
 
 	t1 := time.Now()
@@ -519,25 +538,10 @@ func TestSentinelFailoverMinReplicas(t *testing.T) {
 	d.waitShared(t, after, 50, 10*time.Second) // deciding on the new master
 	d.halt()
 	total := time.Since(t1)
-	// Measured as TestSentinelFailover measures it: the CMIDs answered by
-	// the shared state that the new master lacks.
-	var sharedCMID int64
-	for _, r := range reps {
-		sharedCMID += d.snapshot(r).shared[1]
-	}
-	kept := int64(len(keys(t, sen.Replica, "kmsproxy:cmid:*")))
+	sharedCMID, kept := fr.lostCMIDs(t, sen.Replica)
 
 	for i, r := range reps {
-		tl := d.snapshot(r)
-		for _, bad := range tl.bad {
-			t.Errorf("replica %d: %s", i, bad)
-		}
-		if got := local(r, OpRate) - base[r][0]; got != float64(tl.local[0]) {
-			t.Errorf("replica %d: %v rate decisions counted local, %d calls had no shared answer", i, got, tl.local[0])
-		}
-		if got := local(r, OpCMID) - base[r][1]; got != float64(tl.local[1]) {
-			t.Errorf("replica %d: %v duplicate-table decisions counted local, %d calls had no shared answer", i, got, tl.local[1])
-		}
+		tl := fr.checkCounted(t, i, r)
 		// Every replica met the refusal: the first failure was the old
 		// master's NOREPLICAS, before the sentinels announced the switch.
 		degraded := r.events(event.ActionStateDegraded)
@@ -563,17 +567,7 @@ func TestSentinelFailoverMinReplicas(t *testing.T) {
 		t.Errorf("%d shared answers lost with min-replicas-to-write 1 (TestSentinelFailover loses thousands without it), want at most %d", lost, maxLostMinReplicas)
 	}
 
-	// Together on the new master: exactly the limit for a fresh source,
-	// duplicates across the replicas, the keys on the new master.
-	fresh := netip.MustParseAddr("192.0.2.98")
-	checkSharedBucket(t, a, b, fresh)
-	cmid := rpcparse.MustUUID("5e171e15-0000-4000-8000-0000000000fb")
-	checkSharedCMID(t, a, b, cmid)
-	for _, k := range []string{"kmsproxy:rate:" + fresh.String(), "kmsproxy:cmid:" + cmid.String()} {
-		if n, err := sen.Replica.Do("EXISTS", k); err != nil || n != int64(1) {
-			t.Errorf("%s on the new master: %v, %v", k, n, err)
-		}
-	}
+	fr.checkTogetherOn(t, sen.Replica, netip.MustParseAddr("192.0.2.98"), rpcparse.MustUUID("5e171e15-0000-4000-8000-0000000000fb"))
 }
 
 // maxLostMinReplicas bounds the shared answers TestSentinelFailoverMinReplicas
