@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +21,7 @@ import (
 	"github.com/kmsproxy/kmsproxy/kmswatch"
 	"github.com/kmsproxy/kmsproxy/rpcparse"
 	"github.com/kmsproxy/kmsproxy/rpcparse/kms"
+	testfixture "github.com/kmsproxy/kmsproxy/test/fixture"
 )
 
 // fakeInventory is an InventoryReader over fixed rows: it applies the
@@ -122,18 +121,7 @@ inventory: { enabled: true, path: inventory.db }
 
 func loadRuntime(t testing.TB) *config.Runtime {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "kmsproxy.yaml")
-	if err := os.WriteFile(path, []byte(testConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	rt, err := config.NewRuntime(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, rt := testfixture.LoadConfig(t, testConfig)
 	return rt
 }
 
