@@ -1,11 +1,9 @@
 package redistest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -14,84 +12,31 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
-// Do sends one command to s on a connection of its own and returns the
-// reply: a string, an int64, nil, or a []any of those; an error reply is
-// a ReplyError. Plain text and no AUTH: it is for the topologies below and
-// for a test's own look at a node (INFO, CLUSTER INFO, CLIENT LIST). It
-// is not go-redis on purpose: the helpers must not share a client
-// library's pools, retries or global logger with the code under test.
+// Do sends one command to s on a client of its own (RESP2, no retries,
+// no AUTH) and returns the reply: a string, an int64, nil, or a []any of
+// those. It is for the topologies below and for a test's own look at a
+// node (INFO, CLUSTER INFO, CLIENT LIST, KEYS); the code under test
+// never shares its pool.
 func (s *Server) Do(args ...string) (any, error) {
-	c, err := net.DialTimeout("tcp", s.Addr(), 2*time.Second)
-	if err != nil {
-		return nil, err
-	}
+	c := redis.NewClient(&redis.Options{
+		Addr: s.Addr(), Protocol: 2, DisableIdentity: true, MaxRetries: -1, PoolSize: 1,
+		DialTimeout: 2 * time.Second, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+	})
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	a := make([]any, len(args))
+	for i, v := range args {
+		a[i] = v
 	}
-	if _, err := io.WriteString(c, b.String()); err != nil {
-		return nil, err
+	v, err := c.Do(context.Background(), a...).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
 	}
-	return readReply(bufio.NewReader(c))
+	return v, err
 }
-
-// readReply reads one RESP2 reply.
-func readReply(r *bufio.Reader) (any, error) {
-	line, err := r.ReadString('\n')
-	if err != nil {
-		return nil, err
-	}
-	line = strings.TrimSuffix(line, "\r\n")
-	if line == "" {
-		return nil, errors.New("redistest: empty reply line")
-	}
-	switch body := line[1:]; line[0] {
-	case '+':
-		return body, nil
-	case '-':
-		return nil, ReplyError(body)
-	case ':':
-		return strconv.ParseInt(body, 10, 64)
-	case '$':
-		n, err := strconv.Atoi(body)
-		if err != nil || n < 0 {
-			return nil, err
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return nil, err
-		}
-		return string(buf[:n]), nil
-	case '*':
-		n, err := strconv.Atoi(body)
-		if err != nil || n < 0 {
-			return nil, err
-		}
-		a := make([]any, n)
-		for i := range a {
-			var re ReplyError
-			switch a[i], err = readReply(r); {
-			case errors.As(err, &re):
-				a[i] = re // an element that is an error reply is kept as one
-			case err != nil:
-				return nil, err
-			}
-		}
-		return a, nil
-	}
-	return nil, fmt.Errorf("redistest: unknown reply %q", line)
-}
-
-// ReplyError is an error reply of Redis ("ERR …", "NOGOODSLAVE …"), told
-// apart from a failure to talk to it.
-type ReplyError string
-
-func (e ReplyError) Error() string { return string(e) }
 
 // Info is s's INFO section as key: value, nil when s does not answer.
 func (s *Server) Info(section string) map[string]string {
