@@ -21,28 +21,32 @@ const module = "github.com/kmsproxy/kmsproxy"
 //
 //	cmd/kmsproxy → proxy, admin, replay, probe, kmsdns, state → pool, assoc, kmswatch, event (event/syslog), capture → config → acl → rpcparse/kms → rpcparse
 //
+// internal/... holds small standard-library helpers below everything
+// (internal/errwriter, for the printers of config, kmsdns and probe).
+//
 // test/... is the outer ring: it may import anything, and nothing outside it
 // may import it (its packages are not listed here). A package missing from
 // the map fails the test: place it before it lands.
 var mayImport = map[string][]string{
-	"rpcparse":     {},
-	"rpcparse/kms": {"rpcparse"},
-	"acl":          {"rpcparse", "rpcparse/kms"},
-	"config":       {"acl", "rpcparse", "rpcparse/kms"},
-	"assoc":        {"acl", "rpcparse", "rpcparse/kms"},
-	"event":        {"config", "acl", "rpcparse", "rpcparse/kms"},
-	"event/syslog": {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"kmswatch":     {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"state":        {"kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"capture":      {"rpcparse", "rpcparse/kms"},
-	"inventory":    {},
-	"pool":         {"rpcparse"},
-	"probe":        {"rpcparse", "rpcparse/kms"},
-	"proxy":        {"pool", "assoc", "kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"admin":        {"kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"replay":       {"assoc", "capture", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"kmsdns":       {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
-	"cmd/kmsproxy": {"proxy", "pool", "admin", "inventory", "replay", "probe", "kmsdns", "capture", "assoc", "kmswatch", "state", "event", "event/syslog", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"internal/errwriter": {},
+	"rpcparse":           {},
+	"rpcparse/kms":       {"rpcparse"},
+	"acl":                {"rpcparse", "rpcparse/kms"},
+	"config":             {"acl", "rpcparse", "rpcparse/kms", "internal/errwriter"},
+	"assoc":              {"acl", "rpcparse", "rpcparse/kms"},
+	"event":              {"config", "acl", "rpcparse", "rpcparse/kms"},
+	"event/syslog":       {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"kmswatch":           {"event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"state":              {"kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"capture":            {"rpcparse", "rpcparse/kms"},
+	"inventory":          {},
+	"pool":               {"rpcparse"},
+	"probe":              {"rpcparse", "rpcparse/kms", "internal/errwriter"},
+	"proxy":              {"pool", "assoc", "kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"admin":              {"kmswatch", "inventory", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"replay":             {"assoc", "capture", "event", "config", "acl", "rpcparse", "rpcparse/kms"},
+	"kmsdns":             {"event", "config", "acl", "rpcparse", "rpcparse/kms", "internal/errwriter"},
+	"cmd/kmsproxy":       {"proxy", "pool", "admin", "inventory", "replay", "probe", "kmsdns", "capture", "assoc", "kmswatch", "state", "event", "event/syslog", "config", "acl", "rpcparse", "rpcparse/kms"},
 }
 
 // pure packages decide without touching the world: no sockets, files,
@@ -51,7 +55,7 @@ var pure = map[string]bool{"rpcparse": true, "acl": true, "assoc": true}
 
 // stdlibOnly packages import nothing from outside the module and the
 // standard library.
-var stdlibOnly = map[string]bool{"rpcparse": true, "rpcparse/kms": true, "acl": true, "assoc": true}
+var stdlibOnly = map[string]bool{"internal/errwriter": true, "rpcparse": true, "rpcparse/kms": true, "acl": true, "assoc": true}
 
 // impure are the standard packages a pure package may not import.
 func impure(path string) bool {
