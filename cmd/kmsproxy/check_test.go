@@ -123,3 +123,27 @@ func TestCheckDenyOnlyWarns(t *testing.T) {
 		t.Errorf("example config: %v\n%s", err, out)
 	}
 }
+
+// The commands that read a config refuse alike: no config at all is
+// errNoConfig (inventory adds its --file alternative), and one that does
+// not load is exit status 1, before anything is printed or opened.
+func TestConfigCommandsRefuse(t *testing.T) {
+	t.Setenv("KMSPROXY_CONFIG", "")
+	for _, args := range [][]string{{"dns"}, {"inventory"}} {
+		_, err := runCLI(t, args...)
+		if !errors.Is(err, errNoConfig) {
+			t.Errorf("%v without a config: %v, want errNoConfig", args, err)
+		}
+		if args[0] == "inventory" && (err == nil || !strings.Contains(err.Error(), "(or --file DB)")) {
+			t.Errorf("inventory without a config does not name --file: %v", err)
+		}
+	}
+	bad := writeConfig(t, "upstreams: [\"kms01:1688\"]\nrules: []\n")
+	for _, cmd := range []string{"dns", "inventory"} {
+		out, err := runCLI(t, cmd, "--config", bad)
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 1 || errors.Is(err, errNoConfig) {
+			t.Errorf("%s on an invalid config: %v, want exit 1\n%s", cmd, err, out)
+		}
+	}
+}

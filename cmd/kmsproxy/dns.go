@@ -42,13 +42,9 @@ there; any other takes kms.DOMAIN at listen's address and port. The flags
 override either. --domain defaults to every dns.zones entry.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := configPath(path)
+			cfg, _, err := loadConfig(path)
 			if err != nil {
 				return err
-			}
-			cfg, err := config.Load(p)
-			if err != nil {
-				return &exitError{code: 1, err: err}
 			}
 			domains := []string{domain}
 			if domain == "" {

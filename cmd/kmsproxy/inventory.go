@@ -106,13 +106,12 @@ it works while the proxy runs. A table for people with a summary line,
 			}
 			db := file
 			if db == "" {
-				p, err := configPath(path)
-				if err != nil {
+				cfg, p, err := loadConfig(path)
+				if errors.Is(err, errNoConfig) {
 					return fmt.Errorf("%w (or --file DB)", err)
 				}
-				cfg, err := config.Load(p)
 				if err != nil {
-					return &exitError{code: 1, err: err}
+					return err
 				}
 				if !cfg.Inventory.Enabled {
 					return &exitError{code: 1, err: fmt.Errorf("%s: inventory.enabled is false", p)}

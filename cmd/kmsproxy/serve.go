@@ -29,6 +29,9 @@ func init() {
 	subcommands = append(subcommands, newServeCommand, newCheckCommand)
 }
 
+// errNoConfig: neither --config nor KMSPROXY_CONFIG names a file.
+var errNoConfig = errors.New("no config: pass --config FILE or set KMSPROXY_CONFIG")
+
 // configPath resolves --config, falling back to KMSPROXY_CONFIG.
 func configPath(flag string) (string, error) {
 	if flag != "" {
@@ -37,7 +40,22 @@ func configPath(flag string) (string, error) {
 	if p := os.Getenv("KMSPROXY_CONFIG"); p != "" {
 		return p, nil
 	}
-	return "", errors.New("no config: pass --config FILE or set KMSPROXY_CONFIG")
+	return "", errNoConfig
+}
+
+// loadConfig resolves --config and loads it: errNoConfig when there is
+// none, an exit status 1 when it does not load (fail closed: nothing runs
+// on an invalid config). The path is returned for messages.
+func loadConfig(flag string) (*config.Config, string, error) {
+	p, err := configPath(flag)
+	if err != nil {
+		return nil, "", err
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		return nil, p, &exitError{code: 1, err: err}
+	}
+	return cfg, p, nil
 }
 
 func newServeCommand() *cobra.Command {
