@@ -354,6 +354,16 @@ func localDecisions(t *testing.T, r *replica, op string) float64 {
 	return r.gauge(t, "kmsproxy_state_local_decisions_total", "op", op)
 }
 
+// settle waits until both replicas decide on the shared state again (the
+// new master), halts the driver and returns the time since t1.
+func (fr *failoverRun) settle(t *testing.T, t1 time.Time) time.Duration {
+	t.Helper()
+	after := map[*replica]tally{fr.a: fr.d.snapshot(fr.a), fr.b: fr.d.snapshot(fr.b)}
+	fr.d.waitShared(t, after, 50, 10*time.Second)
+	fr.d.halt()
+	return time.Since(t1)
+}
+
 // lostCMIDs: every duplicate-table call wrote a CMID of its own, so those
 // answered by the shared state that node (the new master) lacks were
 // answered by the old master after the promotion (replication is
@@ -457,10 +467,7 @@ func TestSentinelFailover(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	after := map[*replica]tally{a: d.snapshot(a), b: d.snapshot(b)}
-	d.waitShared(t, after, 50, 10*time.Second) // deciding on the new master
-	d.halt()
-	total := time.Since(t1)
+	total := fr.settle(t, t1)
 	sharedCMID, kept := fr.lostCMIDs(t, sen.Replica)
 
 	for i, r := range reps {
@@ -534,10 +541,7 @@ func TestSentinelFailoverMinReplicas(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	after := map[*replica]tally{a: d.snapshot(a), b: d.snapshot(b)}
-	d.waitShared(t, after, 50, 10*time.Second) // deciding on the new master
-	d.halt()
-	total := time.Since(t1)
+	total := fr.settle(t, t1)
 	sharedCMID, kept := fr.lostCMIDs(t, sen.Replica)
 
 	for i, r := range reps {
